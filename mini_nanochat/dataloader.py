@@ -1,0 +1,286 @@
+"""
+The pretraining data loader: parquet shards -> tokens -> packed (inputs, targets) batches on the device.
+
+Every batch is B rows of T+1 tokens (inputs = row[:-1], targets = row[1:]), packed with nanochat's
+BOS-aligned best-fit strategy:
+
+  * every document is tokenized as [BOS] + tokens, and every row starts at the BOS of a document, so no
+    token ever attends across a document boundary into a row it did not start;
+  * to fill a row, take the LARGEST buffered document that still fits entirely; repeat;
+  * when no buffered document fits the space left, crop the SHORTEST one to fill the row exactly (its
+    remainder is dropped). No padding: every position is trained on; the price is the cropped tokens.
+
+Alternatives (plain concatenation, padding) and their measured costs: docs/adrs/0008-packing.md.
+
+Distribution and order. The shards' row groups are the units of work. For epoch e they are put in an
+order that depends only on (seed, e) (shuffled for train, natural for val), and rank r of W takes units
+r, r+W, r+2W, ... so ranks read disjoint documents. Several epochs over a small corpus just continue.
+
+Exact resume. The state after a batch is (epoch, position of the next unread document, the ids of the
+documents waiting in the packing buffer, in order). It is a handful of integers: on resume the buffered
+documents are read and tokenized again (tokenization is deterministic), so the next batches are
+bit-identical to those an uninterrupted loader yields (tests/test_dataloader.py).
+
+Background work. A thread reads, tokenizes (tiktoken releases the GIL) and packs ahead of the training
+step, `prefetch` batches deep; each batch carries the state *after* it, so `state_dict()` describes what
+the consumer has actually received, not how far the thread has run ahead.
+"""
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .common import get_dist_info
+from .dataset import list_shards
+
+DocId = tuple[int, int, int]  # (shard index, row group index, row index)
+
+
+@dataclass
+class PackingStats:
+    """Counters for judging the packing: how many document tokens were used and how many were cropped."""
+    rows: int = 0
+    row_tokens: int = 0  # positions filled (B * (T+1) per batch); all are document tokens: no padding
+    doc_tokens_taken: int = 0  # tokens of the documents drawn from the buffer (used + cropped)
+    cropped_tokens: int = 0  # tokens dropped when a document was cropped to fill a row
+    docs: int = 0
+
+    @property
+    def cropped_fraction(self) -> float:
+        return self.cropped_tokens / max(1, self.doc_tokens_taken)
+
+    @property
+    def utilisation(self) -> float:
+        """Fraction of row positions holding real document tokens (1.0 for best-fit: it never pads)."""
+        return (self.doc_tokens_taken - self.cropped_tokens) / max(1, self.row_tokens)
+
+
+@dataclass
+class _Cursor:
+    epoch: int = 0
+    unit: int = 0  # index into this rank's unit list for the epoch
+    row: int = 0  # next row inside that unit
+    buffer: list[DocId] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"epoch": self.epoch, "unit": self.unit, "row": self.row, "buffer": [list(d) for d in self.buffer]}
+
+
+class DataLoader:
+    """Iterable of (inputs, targets), each (B, T) int64 on `device`; infinite for train (epochs repeat).
+
+    >>> loader = DataLoader(tok, B=8, T=256)            # doctest: +SKIP
+    >>> x, y = next(iter(loader))                        # doctest: +SKIP
+    >>> sd = loader.state_dict()  # ... later: loader.load_state_dict(sd) resumes exactly  # doctest: +SKIP
+    """
+
+    def __init__(self, tokenizer, B: int, T: int, split: str = "train", corpus: str = "embedded",
+                 device: str | torch.device = "cpu", seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None, buffer_size: int = 1000, tokenizer_batch_size: int = 128,
+                 prefetch: int = 4, shuffle: bool | None = None, base_dir=None):
+        if B < 1 or T < 1:
+            raise ValueError(f"B and T must be positive, got B={B}, T={T}")
+        dist = get_dist_info()
+        self.rank = dist.rank if rank is None else rank
+        self.world_size = dist.world_size if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
+        self.tokenizer, self.B, self.T, self.split = tokenizer, B, T, split
+        self.device = torch.device(device)
+        self.seed, self.buffer_size, self.tokenizer_batch_size = seed, buffer_size, tokenizer_batch_size
+        self.prefetch = prefetch
+        self.shuffle = (split == "train") if shuffle is None else shuffle
+        self.bos = tokenizer.bos_id
+
+        import pyarrow.parquet as pq
+
+        self._shards = list_shards(corpus, split, base_dir)
+        self._files = [pq.ParquetFile(p) for p in self._shards]
+        self._units = [(s, g) for s, f in enumerate(self._files) for g in range(f.num_row_groups)]
+        if len(self._units) < self.world_size:
+            raise ValueError(f"{corpus}/{split} has {len(self._units)} row groups, fewer than the "
+                             f"{self.world_size} ranks: rebuild it with a smaller --row-group-size")
+        self.stats = PackingStats()
+        self._cursor = _Cursor()  # state after the last batch handed to the consumer
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._unit_cache: tuple[tuple[int, int], list[str]] | None = None
+        self._sync_gen = None
+
+    # ---- the document stream ---------------------------------------------------------------------
+    def _epoch_units(self, epoch: int) -> list[tuple[int, int]]:
+        """This rank's row groups for `epoch`: the epoch's order, every W-th unit starting at `rank`."""
+        order = list(self._units)
+        if self.shuffle:
+            random.Random(f"{self.seed}/{epoch}").shuffle(order)
+        return order[self.rank::self.world_size]
+
+    def _unit_texts(self, unit: tuple[int, int]) -> list[str]:
+        if self._unit_cache is None or self._unit_cache[0] != unit:
+            s, g = unit
+            self._unit_cache = (unit, self._files[s].read_row_group(g, columns=["text"]).column("text").to_pylist())
+        return self._unit_cache[1]
+
+    def _next_docs(self, cur: _Cursor, n: int) -> list[DocId]:
+        """Advance `cur` by up to n documents (within one row group at most) and return their ids."""
+        units = self._epoch_units(cur.epoch)
+        while cur.unit >= len(units):  # epoch finished: start the next one
+            cur.epoch, cur.unit, cur.row = cur.epoch + 1, 0, 0
+            units = self._epoch_units(cur.epoch)
+        unit = units[cur.unit]
+        texts = self._unit_texts(unit)
+        ids = [(unit[0], unit[1], r) for r in range(cur.row, min(cur.row + n, len(texts)))]
+        cur.row += len(ids)
+        if cur.row >= len(texts):
+            cur.unit, cur.row = cur.unit + 1, 0
+        return ids
+
+    def _tokenize(self, doc_ids: list[DocId]) -> list[list[int]]:
+        loaded: dict[tuple[int, int], list[str]] = {}  # read each row group once, even for a resumed buffer
+        for s, g, _ in doc_ids:
+            if (s, g) not in loaded:
+                loaded[(s, g)] = self._unit_texts((s, g))
+        texts = [loaded[(s, g)][r] for s, g, r in doc_ids]
+        return self.tokenizer.encode_batch(texts, prepend=self.bos)
+
+    # ---- packing ---------------------------------------------------------------------------------
+    def _generate(self, start: _Cursor) -> Iterator[tuple[torch.Tensor, dict, PackingStats]]:
+        """Yield (rows (B, T+1), state after this batch, stats delta) forever, starting from `start`."""
+        cur = _Cursor(start.epoch, start.unit, start.row, list(start.buffer))
+        # Re-create the buffer of a resumed state: same documents, same order, same tokens.
+        buf_ids: list[DocId] = list(cur.buffer)
+        buf_tok: list[list[int]] = self._tokenize(buf_ids) if buf_ids else []
+        cap = self.T + 1
+        while True:
+            rows = torch.empty((self.B, cap), dtype=torch.long)
+            d = PackingStats()
+            for b in range(self.B):
+                col = 0
+                while col < cap:
+                    while len(buf_ids) < self.buffer_size:
+                        new = self._next_docs(cur, self.tokenizer_batch_size)
+                        buf_ids += new
+                        buf_tok += self._tokenize(new)
+                    space = cap - col
+                    best, best_len = -1, 0
+                    for i, t in enumerate(buf_tok):  # largest document that fits entirely
+                        if best_len < len(t) <= space:
+                            best, best_len = i, len(t)
+                    if best >= 0:
+                        tokens = buf_tok.pop(best)
+                        buf_ids.pop(best)
+                        rows[b, col:col + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                        col += len(tokens)
+                        d.doc_tokens_taken += len(tokens)
+                    else:  # nothing fits: crop the shortest document to fill the row exactly
+                        i = min(range(len(buf_tok)), key=lambda k: len(buf_tok[k]))
+                        tokens = buf_tok.pop(i)
+                        buf_ids.pop(i)
+                        rows[b, col:] = torch.tensor(tokens[:space], dtype=torch.long)
+                        col = cap
+                        d.doc_tokens_taken += len(tokens)
+                        d.cropped_tokens += len(tokens) - space
+                    d.docs += 1
+            d.rows, d.row_tokens = self.B, self.B * cap
+            cur.buffer = list(buf_ids)
+            yield rows, cur.as_dict(), d
+
+    # ---- iteration, with a background producer ----------------------------------------------------
+    def _producer(self, start: _Cursor, q: queue.Queue, stop: threading.Event) -> None:
+        try:
+            for item in self._generate(start):
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            q.put(e)
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread, self._queue = None, None
+            self._stop = threading.Event()
+
+    def __iter__(self) -> "DataLoader":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prefetch <= 0:  # synchronous: simplest to step through in a debugger
+            if self._sync_gen is None:
+                self._sync_gen = self._generate(self._cursor)
+            rows, state, d = next(self._sync_gen)
+        else:
+            if self._thread is None:
+                self._queue = queue.Queue(maxsize=self.prefetch)
+                self._thread = threading.Thread(target=self._producer, args=(self._cursor, self._queue, self._stop),
+                                                daemon=True, name="mini-nanochat-loader")
+                self._thread.start()
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._thread = None
+                raise item
+            rows, state, d = item
+        self._cursor = _Cursor(state["epoch"], state["unit"], state["row"], [tuple(x) for x in state["buffer"]])
+        for k in ("rows", "row_tokens", "doc_tokens_taken", "cropped_tokens", "docs"):
+            setattr(self.stats, k, getattr(self.stats, k) + getattr(d, k))
+        use_cuda = self.device.type == "cuda"
+        if use_cuda:
+            rows = rows.pin_memory()
+        rows = rows.to(self.device, non_blocking=use_cuda)
+        return rows[:, :-1], rows[:, 1:]  # inputs (B, T), targets (B, T)
+
+    # ---- state -----------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self._cursor.epoch
+
+    def state_dict(self) -> dict:
+        """Where this loader stands after the last batch it returned (small: ints only)."""
+        return {"version": 1, "rank": self.rank, "world_size": self.world_size, "seed": self.seed,
+                "split": self.split, "B": self.B, "T": self.T, **self._cursor.as_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly after the batch that produced `state` (same corpus, rank layout and seed)."""
+        for key in ("world_size", "seed", "split"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"loader state was saved with {key}={state.get(key)!r}, this loader has "
+                                 f"{getattr(self, key)!r}; exact resume needs the same value")
+        self._stop_thread()
+        self._sync_gen = None
+        self._cursor = _Cursor(int(state["epoch"]), int(state["unit"]), int(state["row"]),
+                               [tuple(int(v) for v in d) for d in state["buffer"]])
+
+    def close(self) -> None:
+        self._stop_thread()
+
+    def __del__(self):  # pragma: no cover - best effort
+        try:
+            self._stop_thread()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def build_val_loader(tokenizer, B: int, T: int, tokens: int, corpus: str = "embedded",
+                     device: str | torch.device = "cpu", **kwargs) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed, deterministic evaluation stream: the val split in its natural order (no shuffle), packed
+    the same way, `tokens // (B * T * world_size)` batches per rank (at least 1). The same call always
+    yields the same batches, so bits-per-byte is comparable across checkpoints."""
+    loader = DataLoader(tokenizer, B, T, split="val", corpus=corpus, device=device, shuffle=False, **kwargs)
+    steps = max(1, tokens // (B * T * loader.world_size))
+    try:
+        for _ in range(steps):
+            yield next(loader)
+    finally:
+        loader.close()

@@ -1,0 +1,156 @@
+"""The packing loader: BOS alignment, document order, train/val separation, determinism, exact resume
+(mid-epoch and across epochs, threaded and synchronous), rank disjointness, the validation stream."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from mini_nanochat.dataloader import DataLoader, build_val_loader
+from mini_nanochat.dataset import iter_texts
+from mini_nanochat.stages import data
+from mini_nanochat.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(sample_2mb):
+    return Tokenizer.train(sample_2mb, 512)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(base_dir, tmp_path_factory):
+    """A corpus 'small' of 80 jsonl documents of varied length, in many small row groups, so that one
+    epoch is a few batches and there are enough row groups for 2 ranks."""
+    folder = tmp_path_factory.mktemp("small_src")
+    rng = random.Random(0)
+    words = "the of and to a in that is was he for it with as his on be at by".split()
+    with open(folder / "docs.jsonl", "w") as f:
+        for i in range(80):
+            text = f"doc{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 20)))
+            f.write(json.dumps({"text": text}) + "\n")
+    data.main(["--corpus", str(folder), "--name", "small", "--rows-per-shard", "16", "--row-group-size", "4",
+               "--val-fraction", "0.1"])
+    return "small"
+
+
+def segments(row: list[int], bos: int) -> list[list[int]]:
+    """Split a row at its BOS tokens: each piece is one document (or the cropped start of one)."""
+    out = []
+    for t in row:
+        if t == bos:
+            out.append([t])
+        else:
+            out[-1].append(t)
+    return out
+
+
+def rows_of(x: torch.Tensor, y: torch.Tensor) -> list[list[int]]:
+    return [xi + [yi[-1]] for xi, yi in zip(x.tolist(), y.tolist())]
+
+
+def take(loader, n):
+    return [tuple(t.clone() for t in next(loader)) for _ in range(n)]
+
+
+def test_packing_invariants(tok, base_dir):
+    train_docs = {tuple(d) for d in tok.encode_batch(list(iter_texts("embedded", "train")), prepend=tok.bos_id)}
+    val_docs = {tuple(d) for d in tok.encode_batch(list(iter_texts("embedded", "val")), prepend=tok.bos_id)}
+    loader = DataLoader(tok, B=4, T=128, buffer_size=64)
+    for x, y in take(loader, 10):
+        assert x.shape == y.shape == (4, 128) and x.dtype == torch.long
+        assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+        for row in rows_of(x, y):
+            assert row[0] == tok.bos_id  # every row starts with BOS
+            segs = segments(row, tok.bos_id)
+            for k, seg in enumerate(segs):
+                if k < len(segs) - 1:
+                    # whole documents, tokens in their original order, from train and never from val
+                    assert tuple(seg) in train_docs and tuple(seg) not in val_docs
+                else:  # the last one may be cropped: a prefix of a train document
+                    assert any(d[:len(seg)] == tuple(seg) for d in train_docs if len(d) >= len(seg))
+    assert loader.stats.utilisation == 1.0 and 0 < loader.stats.cropped_fraction < 1
+    loader.close()
+
+
+def test_deterministic_for_a_seed(tok, small_corpus):
+    a = take(DataLoader(tok, 2, 32, corpus=small_corpus, seed=1, buffer_size=8, tokenizer_batch_size=4), 12)
+    b = take(DataLoader(tok, 2, 32, corpus=small_corpus, seed=1, buffer_size=8, tokenizer_batch_size=4), 12)
+    c = take(DataLoader(tok, 2, 32, corpus=small_corpus, seed=2, buffer_size=8, tokenizer_batch_size=4), 12)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
+    assert not all(torch.equal(p[0], q[0]) for p, q in zip(a, c))
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+@pytest.mark.parametrize("stop_at", [3, 11, 25])
+def test_exact_resume(tok, small_corpus, prefetch, stop_at):
+    """N batches, save, a NEW loader loads the state: its next batches equal an uninterrupted run's,
+    mid-epoch and across epoch boundaries (the small corpus is a few batches per epoch)."""
+    kw = dict(corpus=small_corpus, seed=3, buffer_size=8, tokenizer_batch_size=4, prefetch=prefetch)
+    full_loader = DataLoader(tok, 4, 32, **kw)
+    full = take(full_loader, stop_at + 15)
+    assert full_loader.epoch >= 1  # the run crossed at least one epoch boundary
+    first = DataLoader(tok, 4, 32, **kw)
+    take(first, stop_at)
+    state = json.loads(json.dumps(first.state_dict()))  # survives a JSON round trip (plain ints)
+    assert len(state["buffer"]) > 0  # the resume must rebuild a non-empty packing buffer
+    if stop_at == 25:
+        assert state["epoch"] >= 1  # and this one resumes inside a later epoch
+    first.close()
+    resumed = DataLoader(tok, 4, 32, **kw)
+    resumed.load_state_dict(state)
+    rest = take(resumed, 15)
+    for (x1, y1), (x2, y2) in zip(full[stop_at:], rest):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    full_loader.close()
+    resumed.close()
+
+
+def test_epoch_is_visible_in_state(tok, small_corpus):
+    loader = DataLoader(tok, 2, 32, corpus=small_corpus, buffer_size=8, tokenizer_batch_size=4)
+    epochs = []
+    for _ in range(40):
+        next(loader)
+        epochs.append(loader.state_dict()["epoch"])
+    assert epochs == sorted(epochs) and epochs[0] == 0 and epochs[-1] >= 2
+    loader.close()
+
+
+def test_ranks_read_disjoint_documents(tok, small_corpus):
+    ranks = [DataLoader(tok, 2, 32, corpus=small_corpus, rank=r, world_size=2, buffer_size=4,
+                        tokenizer_batch_size=4, prefetch=0) for r in range(2)]
+    units = [set(l._epoch_units(0)) for l in ranks]
+    assert units[0].isdisjoint(units[1]) and units[0] | units[1] == set(ranks[0]._units)
+    seen = []
+    for loader in ranks:
+        docs = set()
+        for _ in range(3):  # well within the first epoch of each rank
+            x, y = next(loader)
+            for row in rows_of(x, y):
+                docs.update(tuple(s) for s in segments(row, tok.bos_id)[:-1])
+        assert loader.epoch == 0
+        seen.append(docs)
+    assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])
+    with pytest.raises(ValueError, match="world_size"):
+        ranks[0].load_state_dict(DataLoader(tok, 2, 32, corpus=small_corpus).state_dict())
+
+
+def test_val_loader_fixed_budget_and_deterministic(tok, base_dir):
+    a = list(build_val_loader(tok, 2, 64, tokens=2 * 64 * 5))
+    b = list(build_val_loader(tok, 2, 64, tokens=2 * 64 * 5))
+    assert len(a) == 5 and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    val_docs = {tuple(d) for d in tok.encode_batch(list(iter_texts("embedded", "val")), prepend=tok.bos_id)}
+    for x, y in a:
+        for row in rows_of(x, y):
+            for seg in segments(row, tok.bos_id)[:-1]:
+                assert tuple(seg) in val_docs
+
+
+def test_bad_arguments(tok, base_dir):
+    with pytest.raises(ValueError):
+        DataLoader(tok, 0, 32)
+    with pytest.raises(ValueError, match="rank"):
+        DataLoader(tok, 2, 32, rank=2, world_size=2)
+    with pytest.raises(FileNotFoundError):
+        DataLoader(tok, 2, 32, corpus="nope")

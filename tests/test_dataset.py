@@ -112,3 +112,55 @@ def test_missing_corpus_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MINI_NANOCHAT_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="mini_nanochat data"):
         list(iter_texts("embedded", "train"))
+
+
+def test_folder_of_mixed_files_becomes_shards(tmp_path, monkeypatch):
+    src = tmp_path / "my texts"
+    (src / "sub").mkdir(parents=True)
+    for i in range(3):
+        (src / f"story{i}.txt").write_text(f"Story {i}, first paragraph.\n\nSecond paragraph of story {i}.\n")
+    with open(src / "sub" / "notes.jsonl", "w") as f:
+        for i in range(20):
+            f.write(json.dumps({"text": f"note number {i}: " + "lorem ipsum " * i}) + "\n")
+        f.write("\n")  # blank lines are ignored
+    (src / "ignored.md").write_text("not a corpus file")
+    monkeypatch.setenv("MINI_NANOCHAT_HOME", str(tmp_path / "home"))
+    m = data.main(["--corpus", str(src), "--val-fraction", "0.1"])
+    assert m["corpus"] == "my_texts" and m["train"]["works"] + m["val"]["works"] == 23
+    assert set(m["train"]["by_source"]) == {"txt", "jsonl"}
+    train, val = list(iter_texts("my_texts", "train")), list(iter_texts("my_texts", "val"))
+    everything = sorted(train + val)
+    assert "Story 0, first paragraph.\n\nSecond paragraph of story 0." in everything
+    assert any(t.startswith("note number 19: lorem ipsum") for t in everything)
+    assert not any("not a corpus file" in t for t in everything)
+    assert {_h(t) for t in train}.isdisjoint({_h(t) for t in val}) and val
+    # Unchanged folder: skipped. A changed folder is refused without --force, rebuilt with it.
+    assert data.main(["--corpus", str(src), "--val-fraction", "0.1"]) == m
+    (src / "story9.txt").write_text("A new story.")
+    with pytest.raises(SystemExit, match="--force"):
+        data.main(["--corpus", str(src), "--val-fraction", "0.1"])
+    m2 = data.main(["--corpus", str(src), "--val-fraction", "0.1", "--force"])
+    assert m2["train"]["works"] + m2["val"]["works"] == 24
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "ok"}\n{broken\n', "notes.jsonl:2: not valid JSON"),
+    ('{"text": 5}\n', "string field 'text'"),
+])
+def test_folder_bad_input_clear_error(tmp_path, monkeypatch, content, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("fine")
+    (src / "notes.jsonl").write_text(content)
+    monkeypatch.setenv("MINI_NANOCHAT_HOME", str(tmp_path / "home"))
+    with pytest.raises(SystemExit, match=message):
+        data.main(["--corpus", str(src)])
+
+
+def test_unknown_corpus_and_empty_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINI_NANOCHAT_HOME", str(tmp_path / "home"))
+    with pytest.raises(SystemExit, match="unknown corpus"):
+        data.main(["--corpus", "no-such-corpus"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no .txt"):
+        data.main(["--corpus", str(tmp_path / "empty")])

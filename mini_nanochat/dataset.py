@@ -189,7 +189,7 @@ def build_embedded_corpus(out_dir: Path, **kwargs) -> dict:
 
 
 def build_corpus(name: str, works: list[Work], out_dir: Path, val_fraction: float = 0.05,
-                 max_doc_chars: int = 2000, rows_per_shard: int = 2048, row_group_size: int = 512,
+                 max_doc_chars: int = 1000, rows_per_shard: int = 2048, row_group_size: int = 512,
                  seed: int = 0, progress: bool = True) -> dict:
     """Split `works` into train/val (by work), cut them into documents, deduplicate, check that no
     validation document is in train (sha256), shuffle, and write the shards and manifest into `out_dir`."""

@@ -103,7 +103,7 @@ def test_data_stage_refuses_changed_config_and_rebuilds_incomplete(tmp_path, mon
     assert json.loads((corpus_dir("embedded") / "manifest.json").read_text())["config"]["max_doc_chars"] == 4000
     (corpus_dir("embedded") / "manifest.json").unlink()  # simulate an interrupted build
     m = data.main([])
-    assert m["config"]["max_doc_chars"] == 2000 and manifest_is_complete(corpus_dir("embedded"))
+    assert m["config"]["max_doc_chars"] == 1000 and manifest_is_complete(corpus_dir("embedded"))
     with pytest.raises(SystemExit):
         data.main(["--val-fraction", "0.9", "--force"])
 

@@ -35,8 +35,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="folder corpora: the corpus name (default: the folder's name)")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="fraction of works (speeches, plays) per source held out for validation")
-    p.add_argument("--max-doc-chars", type=int, default=2000,
-                   help="works are cut into documents of whole paragraphs up to this many characters")
+    p.add_argument("--max-doc-chars", type=int, default=1000,
+                   help="works are cut into documents of whole paragraphs up to this many characters "
+                        "(~250 tokens: little cropping at T=512; see docs/adrs/0008-packing.md)")
     p.add_argument("--rows-per-shard", type=int, default=2048, help="documents per parquet shard")
     p.add_argument("--row-group-size", type=int, default=512, help="rows per parquet row group")
     p.add_argument("--seed", type=int, default=0, help="seed of the document shuffle")

@@ -183,5 +183,9 @@ def download_many(jobs: list[tuple[str, Path]], *, workers: int = 4, verify: Cal
     bar.close()
     errors = [r for r in results if isinstance(r, DownloadError)]
     if errors:
-        raise DownloadError(f"{len(errors)} of {len(jobs)} downloads failed:\n" + "\n".join(f"  {e}" for e in errors))
+        counts: dict[str, int] = {}
+        for e in errors:  # the same cause (e.g. offline) for every shard is said once
+            counts[str(e)] = counts.get(str(e), 0) + 1
+        lines = [f"  {msg}" + (f" (x{n})" if n > 1 else "") for msg, n in counts.items()]
+        raise DownloadError(f"{len(errors)} of {len(jobs)} downloads failed:\n" + "\n".join(lines))
     return results

@@ -101,8 +101,10 @@ def compute_dtype(device: str, override: str | None = None):
     """The dtype matrix products run in; master weights always stay fp32.
 
     Policy: bf16 on CUDA GPUs with compute capability >= 8.0 (A100, H100, RTX 30xx+), where bf16 tensor
-    cores are fast and need no loss scaling; fp32 elsewhere. `override` (or MINI_NANOCHAT_DTYPE) may be
-    "float32" / "bfloat16" / "float16". The CPU default is revisited in the model phase with measurements.
+    cores are fast and need no loss scaling; fp32 on CPU and MPS. `override` (or MINI_NANOCHAT_DTYPE) may
+    be "float32" / "bfloat16" / "float16". Why fp32 on CPU even though some CPUs multiply bf16 twice as
+    fast: on a CPU without native bf16 (AVX2 only) bf16 products are ~100x slower, and machines of the
+    same "kind" differ (docs/adrs/0013-precision.md).
     """
     import torch
 
@@ -117,6 +119,16 @@ def compute_dtype(device: str, override: str | None = None):
         major, _minor = torch.cuda.get_device_capability()
         return torch.bfloat16 if major >= 8 else torch.float32
     return torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Linux only (reads /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def seed_everything(seed: int) -> None:

@@ -12,6 +12,7 @@ STAGES = {
     "data": ("data", "build a corpus as train/val parquet shards (default: the embedded offline corpus)"),
     "tok-train": ("tok_train", "train the BPE tokenizer on the corpus"),
     "tok-eval": ("tok_eval", "compare the tokenizer with GPT-2 / GPT-4 / GPT-4o; show how text is split"),
+    "base-train": ("base_train", "pretrain the GPT (AdamW + Muon, checkpoints, exact resume)"),
     "speedrun": ("speedrun", "the main job: every stage that exists so far, in order"),
 }
 

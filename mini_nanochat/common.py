@@ -131,6 +131,46 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# Dense matrix-product peaks (FLOP/s) of common GPUs, from the vendors' data sheets, for MFU.
+GPU_PEAK_FLOPS = {
+    "H100": {"bf16": 989e12, "fp32": 67e12},  # SXM; the PCIe card is ~25% lower
+    "A100": {"bf16": 312e12, "fp32": 19.5e12},
+    "L4": {"bf16": 121e12, "fp32": 30e12},
+    "RTX 4090": {"bf16": 165e12, "fp32": 83e12},
+    "RTX 3090": {"bf16": 71e12, "fp32": 36e12},
+}
+
+
+def peak_flops(device: str, dtype=None) -> float:
+    """The matrix-product peak that MFU is measured against: the data-sheet figure for a known GPU, else
+    measured here (median of 3 products of 2048x2048 matrices, as ../shared/anchors.md measures; ~0.5 s on a CPU)."""
+    import statistics
+    import time
+
+    import torch
+
+    dtype = dtype or torch.float32
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+        for key, table in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return table["fp32" if dtype == torch.float32 else "bf16"]
+    n = 2048
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    torch.mm(a, b)
+    times = []
+    for _ in range(3):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy (if present) and torch (if present) for reproducible runs."""
     random.seed(seed)

@@ -474,3 +474,37 @@ class GPT(nn.Module):
         h, d = self.config.n_head, self.config.head_dim
         attn = sum(12 * h * d * min(w, self.config.sequence_len) for w in self.windows)
         return 6 * self.num_matmul_params() + attn
+
+
+@torch.no_grad()
+def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
+    """Continue `ids` by up to `max_new_tokens` tokens with a KV cache (prefill once, then one token at a
+    time). temperature 0 = greedy. A small helper for training-time samples; the full inference engine
+    (batching, top-p, tools, streaming) is mini_nanochat/engine.py."""
+    cfg = model.config
+    device = model.wte.weight.device
+    limit = cfg.sequence_len if cfg.pos_emb == "learned" else cfg.sequence_len * 8
+    ids = list(ids)[-(limit - max_new_tokens):] if len(ids) + max_new_tokens > limit else list(ids)
+    cache = KVCache(cfg.n_layer, 1, cfg.n_kv_head, len(ids) + max_new_tokens, cfg.head_dim, device=device,
+                    dtype=model.compute_dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    logits = model(torch.tensor([ids], device=device), kv_cache=cache)[:, -1]  # (1, V)
+    out = []
+    for _ in range(max_new_tokens):
+        if temperature <= 0:
+            nxt = int(logits.argmax(-1))
+        else:
+            scaled = logits / temperature
+            if top_k:
+                kth = torch.topk(scaled, min(top_k, scaled.size(-1))).values[:, -1:]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            nxt = int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=gen))
+        out.append(nxt)
+        if nxt in stop_ids:
+            break
+        logits = model(torch.tensor([[nxt]], device=device), kv_cache=cache)[:, -1]
+    model.train(was_training)
+    return out

@@ -1,0 +1,126 @@
+"""
+Checkpoints: everything needed to continue a run exactly, written so that a crash never leaves a
+half-written checkpoint behind.
+
+    runs/<tag>/checkpoints/step_NNNNNN/
+        model.safetensors   the weights (safetensors: tensors only, loading cannot run code)
+        optim.pt            optimizer, data loader, RNG and step state, loaded with weights_only=True
+        meta.json           model config, training config, tokenizer hash, git commit, metrics
+
+A checkpoint is written into a hidden temp directory, fsynced, then renamed into place: a directory that
+is named step_NNNNNN is complete. Only the newest `keep_last` are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written or read; the message says why and what to do."""
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    d = Path(run_dir) / "checkpoints"
+    return sorted(p for p in d.glob("step_*") if p.is_dir() and (p / "meta.json").is_file()) if d.is_dir() else []
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimizer=None,
+                    loader_state: dict | None = None, meta: dict | None = None, keep_last: int = 3) -> Path:
+    """Write checkpoint `step` atomically; prune to the newest `keep_last`. Raises CheckpointError."""
+    from safetensors.torch import save_file
+
+    ck_root = Path(run_dir) / "checkpoints"
+    final = ck_root / f"step_{step:06d}"
+    tmp = ck_root / f".step_{step:06d}.tmp-{os.getpid()}"
+    try:
+        ck_root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        state = {"step": step, "loader": loader_state,
+                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+        torch.save(state, tmp / "optim.pt")
+        with open(tmp / "meta.json", "w", encoding="utf-8") as f:
+            json.dump({"step": step, "git_commit": git_commit(), **(meta or {})}, f, indent=2, default=str)
+        for name in ("model.safetensors", "optim.pt", "meta.json"):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(ck_root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        hint = "the disk is full" if e.errno == 28 else ("permission denied" if e.errno == 13 else str(e))
+        raise CheckpointError(f"could not write checkpoint {final}: {hint}. The previous checkpoints are "
+                              f"untouched; free space / fix permissions and resume with --resume.") from e
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, optimizer=None,
+                    restore_rng: bool = True) -> dict:
+    """Load a checkpoint directory into `model` / `optimizer` (if given). Returns the training state:
+    {"step", "loader", "meta"}. Raises CheckpointError with a clear message on a missing/corrupt file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        if model is not None:
+            weights = load_file(str(path / "model.safetensors"))
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+            if missing or unexpected:
+                raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:3]}, "
+                                      f"unexpected {unexpected[:3]}); is the model config the same?")
+        state = torch.load(path / "optim.pt", weights_only=True)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} is missing or corrupt ({type(e).__name__}: {e})") from e
+    if optimizer is not None:
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} holds no optimizer state")
+        optimizer.load_state_dict(state["optimizer"])
+    if restore_rng:
+        torch.set_rng_state(state["rng"]["torch"])
+        py = state["rng"]["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    return {"step": state["step"], "loader": state.get("loader"), "meta": meta}

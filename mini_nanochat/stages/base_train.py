@@ -1,0 +1,337 @@
+"""
+Stage `base-train`: pretrain the GPT on a corpus with the packing loader, AdamW + Muon, a warmup /
+constant / warmdown schedule, periodic validation bits-per-byte and samples, and exact resume.
+
+    python -m mini_nanochat base-train --depth 4 --num-iterations 300          # a few minutes on a CPU
+    python -m mini_nanochat base-train --depth 4 --num-iterations 600 --resume # continue the same run
+    torchrun --nproc_per_node=8 -m mini_nanochat base-train --depth 20         # GPUs (Phase 4)
+
+One dial: --depth. From it: width, heads (GPTConfig.from_depth), the learning rates (scaled with width),
+and the training horizon (tokens = --target-param-data-ratio x parameters unless --num-iterations or
+--target-flops say otherwise). Everything lands in runs/<tag>/ under the base directory:
+checkpoints/, metrics.jsonl, plots/*.png, samples.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..common import (autodetect_device, compute_dtype, get_base_dir, get_dist_info, peak_flops, print0,
+                      print_config, seed_everything, write_json_atomic)
+
+SAMPLE_PROMPTS = ["The Congress shall", "Fellow-Citizens of the Senate and House of Representatives:",
+                  "To be, or not to be,", "The state of the Union is"]
+
+
+@dataclass
+class TrainConfig:
+    depth: int = 4
+    preset: str = "modern"
+    max_seq_len: int = 256
+    device_batch_size: int = 8
+    total_batch_size: int = -1  # tokens per optimizer step; -1 = one micro-batch per rank
+    num_iterations: int = -1
+    target_flops: float = -1.0
+    target_param_data_ratio: float = 12.0
+    optimizer: str = "muon"
+    matrix_lr: float = 0.02
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.004
+    scalar_lr: float = 0.01
+    weight_decay: float = 0.0
+    warmup_steps: int = 40
+    warmdown_ratio: float = 0.65
+    final_lr_frac: float = 0.0
+    eval_every: int = 100
+    eval_tokens: int = 2**17
+    sample_every: int = 0
+    save_every: int = 0
+    keep_last: int = 2
+    seed: int = 0
+    dtype: str = ""
+    device: str = ""
+    compile: bool = False
+    corpus: str = "embedded"
+    tokenizer: str = "default"
+    model_tag: str = ""
+    run_dir: str = ""
+    resume: bool = False
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mini-nanochat base-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = TrainConfig()
+    a = p.add_argument
+    a("--depth", type=int, default=d.depth, help="the one dial: number of transformer blocks (width = 64 x depth)")
+    a("--preset", default=d.preset, choices=["modern", "gpt2", "llama"], help="architecture preset (gpt.py)")
+    a("--max-seq-len", type=int, default=d.max_seq_len, help="context length T")
+    a("--device-batch-size", type=int, default=d.device_batch_size, help="rows per micro-batch per rank")
+    a("--total-batch-size", type=int, default=d.total_batch_size,
+      help="tokens per optimizer step, reached by gradient accumulation (-1: one micro-batch per rank)")
+    a("--num-iterations", type=int, default=d.num_iterations, help="optimizer steps (overrides the horizon rules)")
+    a("--target-flops", type=float, default=d.target_flops, help="horizon from a FLOPs budget (if > 0)")
+    a("--target-param-data-ratio", type=float, default=d.target_param_data_ratio,
+      help="horizon: train tokens = ratio x parameters (Chinchilla ~20; nanochat 12)")
+    a("--optimizer", default=d.optimizer, choices=["muon", "adamw"], help="update rule for the block matrices")
+    a("--matrix-lr", type=float, default=d.matrix_lr, help="LR of the block matrices (Muon)")
+    a("--embedding-lr", type=float, default=d.embedding_lr, help="AdamW LR of the embedding (x (width/768)^-0.5)")
+    a("--unembedding-lr", type=float, default=d.unembedding_lr, help="AdamW LR of lm_head (x (width/768)^-0.5)")
+    a("--scalar-lr", type=float, default=d.scalar_lr, help="AdamW LR of norm gains and biases")
+    a("--weight-decay", type=float, default=d.weight_decay, help="decoupled weight decay of the block matrices")
+    a("--warmup-steps", type=int, default=d.warmup_steps, help="linear LR warmup steps")
+    a("--warmdown-ratio", type=float, default=d.warmdown_ratio, help="fraction of the run with a linear LR decay")
+    a("--final-lr-frac", type=float, default=d.final_lr_frac, help="LR at the end, as a fraction of the peak")
+    a("--eval-every", type=int, default=d.eval_every, help="validation bits-per-byte every N steps (0: end only)")
+    a("--eval-tokens", type=int, default=d.eval_tokens, help="validation tokens per evaluation")
+    a("--sample-every", type=int, default=d.sample_every, help="write samples every N steps (0: end only)")
+    a("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: end only)")
+    a("--keep-last", type=int, default=d.keep_last, help="checkpoints to keep")
+    a("--seed", type=int, default=d.seed, help="seed of init, data order and samples")
+    a("--dtype", default=d.dtype, help="compute dtype: float32 / bfloat16 (default: bf16 on CUDA SM80+, else fp32)")
+    a("--device", default=d.device, help="cuda / mps / cpu (default: autodetect)")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--corpus", default=d.corpus, help="corpus under <base>/data (see the data stage)")
+    a("--tokenizer", default=d.tokenizer, help="tokenizer under <base>/tokenizer")
+    a("--model-tag", default=d.model_tag, help="run name: <base>/runs/<tag> (default d<depth>)")
+    a("--run-dir", default=d.run_dir, help="explicit run directory (overrides --model-tag)")
+    a("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    return p
+
+
+# ---- schedules ---------------------------------------------------------------------------------------
+
+def lr_multiplier(step: int, num_iterations: int, warmup_steps: int, warmdown_ratio: float,
+                  final_lr_frac: float) -> float:
+    """Warmup (linear from 1/warmup to 1) -> constant 1 -> warmdown (linear to final_lr_frac at the end).
+
+    >>> [round(lr_multiplier(s, 100, 10, 0.5, 0.0), 2) for s in (0, 9, 10, 50, 75, 100)]
+    [0.1, 1.0, 1.0, 1.0, 0.5, 0.0]
+    """
+    warmdown = round(warmdown_ratio * num_iterations)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step <= num_iterations - warmdown:
+        return 1.0
+    progress = (num_iterations - step) / warmdown
+    return progress + (1 - progress) * final_lr_frac
+
+
+def muon_momentum(step: int) -> float:
+    """Muon momentum warms up from 0.85 to 0.95 over 300 steps (nanochat)."""
+    frac = min(step / 300, 1.0)
+    return (1 - frac) * 0.85 + frac * 0.95
+
+
+def resolve_horizon(cfg: TrainConfig, n_params: int, flops_per_token: int, tokens_per_step: int) -> tuple[int, str]:
+    if cfg.num_iterations > 0:
+        return cfg.num_iterations, "--num-iterations"
+    if cfg.target_flops > 0:
+        return max(1, round(cfg.target_flops / (flops_per_token * tokens_per_step))), "--target-flops"
+    return (max(1, round(cfg.target_param_data_ratio * n_params / tokens_per_step)),
+            f"{cfg.target_param_data_ratio:g} x {n_params:,} params")
+
+
+# ---- the stage --------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    from ..dataloader import DataLoader, build_val_loader
+    from ..gpt import GPT, GPTConfig, generate
+    from ..loss_eval import evaluate_bpb
+    from ..optim import MuonAdamW, build_param_groups
+    from ..tokenizer import get_tokenizer
+
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    dist = get_dist_info()
+    device = autodetect_device(cfg.device or None)
+    dtype = compute_dtype(device, cfg.dtype or None)
+    seed_everything(cfg.seed)
+    tok = get_tokenizer(cfg.tokenizer)
+    token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.int64)
+    mcfg = GPTConfig.from_depth(cfg.depth, vocab_size=tok.vocab_size, sequence_len=cfg.max_seq_len, preset=cfg.preset)
+    model = GPT(mcfg, device=device, compute_dtype=dtype)
+    n_params = model.param_counts()["total"]
+    flops_per_token = model.estimate_flops()
+    micro_tokens = cfg.device_batch_size * cfg.max_seq_len * dist.world_size
+    total_batch = micro_tokens if cfg.total_batch_size <= 0 else cfg.total_batch_size
+    if total_batch % micro_tokens:
+        raise SystemExit(f"--total-batch-size {total_batch} must be a multiple of device_batch x T x ranks "
+                         f"= {micro_tokens}")
+    grad_accum = total_batch // micro_tokens
+    num_iterations, horizon_rule = resolve_horizon(cfg, n_params, flops_per_token, total_batch)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else get_base_dir() / "runs" / (cfg.model_tag or f"d{cfg.depth}")
+
+    print_config("base-train", {**asdict(cfg), "device": device, "compute dtype": str(dtype).replace("torch.", ""),
+                                "world size": dist.world_size, "model": f"{mcfg.n_layer} layers, width "
+                                f"{mcfg.n_embd}, {mcfg.n_head} heads ({mcfg.n_kv_head} kv), vocab {mcfg.vocab_size}",
+                                "parameters": f"{n_params:,}", "FLOPs/token": f"{flops_per_token:,}",
+                                "tokens/step": f"{total_batch:,} ({grad_accum} micro-batches)",
+                                "iterations": f"{num_iterations:,} ({horizon_rule})",
+                                "train tokens": f"{num_iterations * total_batch:,}", "run dir": str(run_dir)})
+
+    optimizer = MuonAdamW(build_param_groups(model, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
+                                             unembedding_lr=cfg.unembedding_lr, scalar_lr=cfg.scalar_lr,
+                                             weight_decay=cfg.weight_decay, optimizer=cfg.optimizer))
+    loader = DataLoader(tok, cfg.device_batch_size, cfg.max_seq_len, corpus=cfg.corpus, device=device, seed=cfg.seed)
+
+    # ---- fresh start or resume: never silently overwrite a run ----
+    start_step = 0
+    latest = latest_checkpoint(run_dir)
+    if cfg.resume:
+        if latest is None:
+            raise SystemExit(f"--resume: no checkpoint in {run_dir}")
+        meta = json.loads((latest / "meta.json").read_text())
+        if meta.get("model_config") != mcfg.to_dict():
+            raise SystemExit(f"--resume: {latest} was trained with a different model config; "
+                             f"use the same --depth / --preset / --max-seq-len or another --model-tag")
+        state = load_checkpoint(latest, model, optimizer)
+        start_step = state["step"]
+        loader.load_state_dict(state["loader"])
+        print0(f"resumed from {latest} at step {start_step}")
+    elif latest is not None or (run_dir / "metrics.jsonl").exists():
+        raise SystemExit(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+                         f"--model-tag / --run-dir. Nothing was overwritten.")
+    if start_step > num_iterations:
+        raise SystemExit(f"checkpoint step {start_step} is beyond --num-iterations {num_iterations}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    if dist.is_master and metrics_path.exists():  # drop records past the resume point (they will be redone)
+        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln).get("step", 0) <= start_step]
+        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    fwd = torch.compile(model) if cfg.compile else model
+    peak = peak_flops(device, dtype)
+    val_batches = list(build_val_loader(tok, cfg.device_batch_size, cfg.max_seq_len, tokens=cfg.eval_tokens,
+                                        corpus=cfg.corpus, device=device))
+
+    def log(record: dict) -> None:
+        if dist.is_master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def samples(step: int) -> None:
+        if not dist.is_master:
+            return
+        lines = [f"--- step {step} ---"]
+        for prompt in SAMPLE_PROMPTS:
+            ids = tok.encode(prompt, prepend=tok.bos_id)
+            out = generate(model, ids, 32, temperature=0.0)
+            lines.append(f"{prompt} >>> {tok.decode(out)}")
+        with open(run_dir / "samples.txt", "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+    meta = {"model_config": mcfg.to_dict(), "train_config": asdict(cfg), "num_iterations": num_iterations,
+            "tokenizer": cfg.tokenizer, "tokenizer_sha256": _tokenizer_hash(tok),
+            "corpus": cfg.corpus, "world_size": dist.world_size}
+    val_bpb, last_loss = float("nan"), float("nan")
+    step = start_step
+    bar = tqdm(total=num_iterations, initial=start_step, desc="base-train", unit="step", disable=not dist.is_master)
+    t_train = 0.0
+    while True:
+        last = step == num_iterations
+        if last or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
+            val_bpb = evaluate_bpb(fwd, val_batches, token_bytes)
+            log({"step": step, "val_bpb": val_bpb})
+            if dist.is_master:
+                bar.write(f"step {step:6d} | val bpb {val_bpb:.4f}")
+        if last or (cfg.sample_every > 0 and step % cfg.sample_every == 0 and step > start_step):
+            samples(step)
+        if last or (cfg.save_every > 0 and step % cfg.save_every == 0 and step > start_step):
+            if dist.is_master:
+                try:
+                    save_checkpoint(run_dir, step, model, optimizer, loader.state_dict(),
+                                    {**meta, "val_bpb": val_bpb, "train_loss": last_loss}, keep_last=cfg.keep_last)
+                except CheckpointError as e:
+                    raise SystemExit(f"base-train: {e}") from None
+        if last:
+            break
+
+        t0 = time.perf_counter()
+        mult = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * mult
+            if group["kind"] == "muon":
+                group["momentum"] = muon_momentum(step)
+        loss_sum = 0.0
+        for _ in range(grad_accum):
+            x, y = next(loader)
+            loss = fwd(x, y)
+            (loss / grad_accum).backward()
+            loss_sum += loss.item()
+        last_loss = loss_sum / grad_accum
+        if not math.isfinite(last_loss):
+            good = latest_checkpoint(run_dir)
+            raise SystemExit(f"base-train: the loss became {last_loss} at step {step}. Stopping; the last good "
+                             f"checkpoint is {good or 'none (none was saved yet)'}. Try a lower learning rate.")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        step += 1
+        if step > start_step + 1:  # the first step includes warm-up work (and compilation)
+            t_train += dt
+        tok_s = total_batch / dt
+        mfu = tok_s * flops_per_token / peak
+        log({"step": step, "loss": last_loss, "lr_mult": mult, "tok_per_s": tok_s, "mfu": mfu, "dt": dt})
+        bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.2f}")
+        bar.update(1)
+    bar.close()
+    loader.close()
+    steps_timed = max(1, num_iterations - start_step - 1)
+    summary = {"run_dir": str(run_dir), "steps": num_iterations, "final_val_bpb": val_bpb, "final_train_loss": last_loss,
+               "tok_per_s": steps_timed * total_batch / t_train if t_train > 0 else float("nan"),
+               "peak_flops": peak}
+    summary["mfu"] = summary["tok_per_s"] * flops_per_token / peak
+    if dist.is_master:
+        write_json_atomic(run_dir / "summary.json", summary)
+        _plots(run_dir)
+        print0(f"done: {num_iterations} steps, val bpb {val_bpb:.4f}, train loss {last_loss:.4f}, "
+               f"{summary['tok_per_s']:,.0f} tok/s, MFU {summary['mfu']:.2f} (peak {peak / 1e9:.0f} GFLOP/s); {run_dir}")
+    return summary
+
+
+def _tokenizer_hash(tok) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t, r in sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1]):
+        h.update(t + b"\0")
+    return h.hexdigest()
+
+
+def _plots(run_dir: Path) -> None:
+    """loss.png and val_bpb.png from metrics.jsonl (skipped with a note if matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print0("matplotlib is not installed: no plots")
+        return
+    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (run_dir / "plots").mkdir(exist_ok=True)
+    for key, name in (("loss", "train loss (nats/token)"), ("val_bpb", "validation bits per byte")):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        if not pts:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(*zip(*pts), marker="o" if key == "val_bpb" else None, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / "plots" / f"{key}.png", dpi=100)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(get_parser().parse_args(argv))

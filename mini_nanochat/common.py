@@ -101,10 +101,10 @@ def compute_dtype(device: str, override: str | None = None):
     """The dtype matrix products run in; master weights always stay fp32.
 
     Policy: bf16 on CUDA GPUs with compute capability >= 8.0 (A100, H100, RTX 30xx+), where bf16 tensor
-    cores are fast and need no loss scaling; fp32 on CPU and MPS. `override` (or MINI_NANOCHAT_DTYPE) may
-    be "float32" / "bfloat16" / "float16". Why fp32 on CPU even though some CPUs multiply bf16 twice as
-    fast: on a CPU without native bf16 (AVX2 only) bf16 products are ~100x slower, and machines of the
-    same "kind" differ (docs/adrs/0013-precision.md).
+    cores are fast and need no loss scaling; on a CPU, bf16 only if it multiplies bf16 natively
+    (AVX512-BF16 / AMX: ~2.2x the fp32 product), else fp32 (an AVX2-only CPU runs bf16 products ~100x
+    slower); fp32 on MPS. The bf16 loss curve tracks fp32's (docs/adrs/0013-precision.md).
+    `override` (or MINI_NANOCHAT_DTYPE) may be "float32" / "bfloat16" / "float16".
     """
     import torch
 
@@ -118,6 +118,8 @@ def compute_dtype(device: str, override: str | None = None):
     if device.startswith("cuda"):
         major, _minor = torch.cuda.get_device_capability()
         return torch.bfloat16 if major >= 8 else torch.float32
+    if device == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return torch.float32
 
 

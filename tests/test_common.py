@@ -24,7 +24,7 @@ def test_device_and_dtype_policy(monkeypatch):
         "mps" if torch.backends.mps.is_available() else "cpu")
     assert common.autodetect_device() == expected
     assert common.autodetect_device("cpu") == "cpu"
-    assert common.compute_dtype("cpu") == torch.float32
+    assert common.compute_dtype("cpu") == (torch.bfloat16 if common.cpu_has_native_bf16() else torch.float32)
     assert common.compute_dtype("cpu", "bf16") == torch.bfloat16
     monkeypatch.setenv("MINI_NANOCHAT_DTYPE", "bfloat16")
     assert common.compute_dtype("cpu") == torch.bfloat16

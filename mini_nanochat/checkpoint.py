@@ -113,7 +113,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
         state = torch.load(path / "optim.pt", weights_only=True)
     except CheckpointError:
         raise
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+    except Exception as e:  # noqa: BLE001 - I/O, JSON, unpickling, safetensors: all mean "corrupt or missing"
         raise CheckpointError(f"checkpoint {path} is missing or corrupt ({type(e).__name__}: {e})") from e
     if optimizer is not None:
         if "optimizer" not in state:

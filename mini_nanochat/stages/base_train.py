@@ -63,6 +63,7 @@ class TrainConfig:
     model_tag: str = ""
     run_dir: str = ""
     resume: bool = False
+    stop_at: int = -1
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -103,6 +104,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--model-tag", default=d.model_tag, help="run name: <base>/runs/<tag> (default d<depth>)")
     a("--run-dir", default=d.run_dir, help="explicit run directory (overrides --model-tag)")
     a("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    a("--stop-at", type=int, default=-1, help="save a checkpoint and stop at this step, without changing the "
+      "schedule (train in slices: continue later with --resume)")
     return p
 
 
@@ -238,6 +241,7 @@ def run(args: argparse.Namespace) -> dict:
     t_train = 0.0
     while True:
         last = step == num_iterations
+        pause = step == cfg.stop_at and not last and step > start_step
         if last or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
             val_bpb = evaluate_bpb(fwd, val_batches, token_bytes)
             log({"step": step, "val_bpb": val_bpb})
@@ -245,7 +249,7 @@ def run(args: argparse.Namespace) -> dict:
                 bar.write(f"step {step:6d} | val bpb {val_bpb:.4f}")
         if last or (cfg.sample_every > 0 and step % cfg.sample_every == 0 and step > start_step):
             samples(step)
-        if last or (cfg.save_every > 0 and step % cfg.save_every == 0 and step > start_step):
+        if last or pause or (cfg.save_every > 0 and step % cfg.save_every == 0 and step > start_step):
             if dist.is_master:
                 try:
                     save_checkpoint(run_dir, step, model, optimizer, loader.state_dict(),
@@ -253,6 +257,9 @@ def run(args: argparse.Namespace) -> dict:
                 except CheckpointError as e:
                     raise SystemExit(f"base-train: {e}") from None
         if last:
+            break
+        if pause:
+            print0(f"stopped at step {step} (--stop-at); continue with --resume")
             break
 
         t0 = time.perf_counter()
@@ -285,15 +292,15 @@ def run(args: argparse.Namespace) -> dict:
         bar.update(1)
     bar.close()
     loader.close()
-    steps_timed = max(1, num_iterations - start_step - 1)
-    summary = {"run_dir": str(run_dir), "steps": num_iterations, "final_val_bpb": val_bpb, "final_train_loss": last_loss,
+    steps_timed = max(1, step - start_step - 1)
+    summary = {"run_dir": str(run_dir), "steps": step, "final_val_bpb": val_bpb, "final_train_loss": last_loss,
                "tok_per_s": steps_timed * total_batch / t_train if t_train > 0 else float("nan"),
                "peak_flops": peak}
     summary["mfu"] = summary["tok_per_s"] * flops_per_token / peak
     if dist.is_master:
         write_json_atomic(run_dir / "summary.json", summary)
         _plots(run_dir)
-        print0(f"done: {num_iterations} steps, val bpb {val_bpb:.4f}, train loss {last_loss:.4f}, "
+        print0(f"done: {step} of {num_iterations} steps, val bpb {val_bpb:.4f}, train loss {last_loss:.4f}, "
                f"{summary['tok_per_s']:,.0f} tok/s, MFU {summary['mfu']:.2f} (peak {peak / 1e9:.0f} GFLOP/s); {run_dir}")
     return summary
 

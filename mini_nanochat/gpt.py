@@ -350,6 +350,9 @@ class GPT(nn.Module):
             self.norm_f = Norm(C, config.norm)
             self.lm_head = None if config.tie_embeddings else Linear(C, V, bias=False)
         self.to_empty(device=device or "cpu")
+        with torch.no_grad():  # poison the fresh memory: a parameter init_weights forgets stays NaN (tested)
+            for p in self.parameters():
+                p.fill_(float("nan"))
         self.init_weights()
 
     @torch.no_grad()
@@ -361,6 +364,8 @@ class GPT(nn.Module):
           (std 1/sqrt(C), uniform to avoid outliers); c_fc ~ U(-0.4 s, 0.4 s); c_proj (attention and
           MLP) = 0, so every block starts as the identity and the residual stream carries the embedding;
           lm_head ~ N(0, 0.001), so the initial logits are ~0 and the loss ~ ln(vocab); ve gates ~ U(0, 0.02).
+          If wte is tied to the unembedding, it starts like lm_head: N(0, 0.001) (N(0, 0.02) without the
+          embedding norm).
         gpt2 (Radford et al. 2019): every matrix and embedding ~ N(0, 0.02); positions ~ N(0, 0.01);
           c_proj ~ N(0, 0.02 / sqrt(2 L)) (residual scaling); biases 0.
         Norm gains 1, norm biases 0.
@@ -403,6 +408,9 @@ class GPT(nn.Module):
                 nn.init.uniform_(ve.weight, -s, s)
             if self.lm_head is not None:
                 nn.init.normal_(self.lm_head.weight, std=0.001)
+            else:  # tied: wte is also the unembedding, so it must start small like lm_head (the embedding
+                # norm, when on, rescales the input side anyway)
+                nn.init.normal_(self.wte.weight, std=0.001 if cfg.embed_norm else 0.02)
         # RoPE tables: buffers, not parameters (not saved; recomputed from the config).
         if cfg.pos_emb == "rope":
             cos, sin = rope_tables(cfg.sequence_len * 8, cfg.head_dim, cfg.rope_base, device=self.wte.weight.device)

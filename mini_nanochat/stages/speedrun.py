@@ -1,25 +1,45 @@
 """
-Stage `speedrun`: the main job, every stage that exists so far, in order, with default settings:
+Stage `speedrun`: the main job, every stage that exists so far, in order, with CPU-sized defaults:
 
-    data -> tok-train -> tok-eval
+    data -> tok-train -> tok-eval -> base-train (depth 4, 300 steps: ~5 minutes on 2 cores)
 
-Later phases append pretraining, evaluation, SFT and chat. Stages whose artifacts are already complete
-are skipped, so a second run is quick and an interrupted run continues where it stopped.
+Later phases append evaluation, SFT and chat. Stages whose artifacts are already complete are skipped,
+and an interrupted pretraining run is resumed from its last checkpoint, so the command can be re-run.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import json
+
+from ..checkpoint import latest_checkpoint
 from ..common import get_base_dir, print0
-from . import data, tok_eval, tok_train
+from . import base_train, data, tok_eval, tok_train
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mini-nanochat speedrun", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary size")
+    p.add_argument("--depth", type=int, default=4, help="model depth for pretraining")
+    p.add_argument("--iterations", type=int, default=300, help="pretraining steps (2,048 tokens each)")
+    p.add_argument("--model-tag", default="speedrun", help="the pretraining run: <base>/runs/<tag>")
     return p
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    run_dir = get_base_dir() / "runs" / args.model_tag
+    summary = run_dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("steps") == args.iterations:
+        s = json.loads(summary.read_text())
+        print0(f"pretraining already done in {run_dir}: val bpb {s['final_val_bpb']:.4f} (delete it to retrain)")
+        return
+    flags = ["--depth", str(args.depth), "--num-iterations", str(args.iterations), "--model-tag", args.model_tag,
+             "--eval-every", "100", "--eval-tokens", str(2**16), "--save-every", "100"]
+    if latest_checkpoint(run_dir) is not None:
+        flags.append("--resume")
+    base_train.main(flags)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -29,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
         ("data", lambda: data.main([])),
         ("tok-train", lambda: tok_train.main(["--vocab-size", str(args.vocab_size)])),
         ("tok-eval", lambda: tok_eval.main([])),
+        ("base-train", lambda: _pretrain(args)),
     ]
     for i, (name, fn) in enumerate(steps, 1):
         print0(f"\n[{i}/{len(steps)}] {name}")

@@ -64,6 +64,7 @@ class TrainConfig:
     run_dir: str = ""
     resume: bool = False
     stop_at: int = -1
+    wandb: str = ""
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -104,6 +105,7 @@ def get_parser() -> argparse.ArgumentParser:
     a("--model-tag", default=d.model_tag, help="run name: <base>/runs/<tag> (default d<depth>)")
     a("--run-dir", default=d.run_dir, help="explicit run directory (overrides --model-tag)")
     a("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    a("--wandb", default="", help="also log to Weights & Biases under this project (needs `pip install wandb`)")
     a("--stop-at", type=int, default=-1, help="save a checkpoint and stop at this step, without changing the "
       "schedule (train in slices: continue later with --resume)")
     return p
@@ -216,10 +218,20 @@ def run(args: argparse.Namespace) -> dict:
     val_batches = list(build_val_loader(tok, cfg.device_batch_size, cfg.max_seq_len, tokens=cfg.eval_tokens,
                                         corpus=cfg.corpus, device=device))
 
+    wandb_run = None
+    if cfg.wandb and dist.is_master:
+        try:
+            import wandb
+        except ImportError:
+            raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+        wandb_run = wandb.init(project=cfg.wandb, name=run_dir.name, config=asdict(cfg), resume="allow")
+
     def log(record: dict) -> None:
         if dist.is_master:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if wandb_run is not None:
+                wandb_run.log(record, step=record["step"])
 
     def samples(step: int) -> None:
         if not dist.is_master:

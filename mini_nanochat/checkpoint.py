@@ -57,8 +57,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimizer=None,
-                    loader_state: dict | None = None, meta: dict | None = None, keep_last: int = 3) -> Path:
-    """Write checkpoint `step` atomically; prune to the newest `keep_last`. Raises CheckpointError."""
+                    loader_state: dict | None = None, meta: dict | None = None, keep_last: int = 3,
+                    optimizer_state: dict | None = None) -> Path:
+    """Write checkpoint `step` atomically; prune to the newest `keep_last`. Raises CheckpointError.
+    `optimizer_state` (a state_dict, e.g. gathered from the ranks of a sharded optimizer) is saved
+    instead of `optimizer.state_dict()` when given."""
     from safetensors.torch import save_file
 
     ck_root = Path(run_dir) / "checkpoints"
@@ -73,7 +76,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         save_file(weights, str(tmp / "model.safetensors"))
         state = {"step": step, "loader": loader_state,
                  "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
-        if optimizer is not None:
+        if optimizer_state is not None:
+            state["optimizer"] = optimizer_state
+        elif optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
         torch.save(state, tmp / "optim.pt")
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:
@@ -123,4 +128,4 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
         torch.set_rng_state(state["rng"]["torch"])
         py = state["rng"]["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
-    return {"step": state["step"], "loader": state.get("loader"), "meta": meta}
+    return {"step": state["step"], "loader": state.get("loader"), "meta": meta, "optimizer": state.get("optimizer")}

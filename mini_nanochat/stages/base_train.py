@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ class TrainConfig:
     resume: bool = False
     stop_at: int = -1
     wandb: str = ""
+    sync: str = "ddp"
+    dist_timeout: float = 300.0
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -105,6 +108,10 @@ def get_parser() -> argparse.ArgumentParser:
     a("--model-tag", default=d.model_tag, help="run name: <base>/runs/<tag> (default d<depth>)")
     a("--run-dir", default=d.run_dir, help="explicit run directory (overrides --model-tag)")
     a("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    a("--sync", default="ddp", choices=["ddp", "zero2"],
+      help="multi-process gradient sync: ddp (all-reduce) or zero2 (sharded optimizer state); see distributed.py")
+    a("--dist-timeout", type=float, default=300.0,
+      help="seconds a collective waits for another rank before the job fails (a dead rank never hangs it)")
     a("--wandb", default="", help="also log to Weights & Biases under this project (needs `pip install wandb`)")
     a("--stop-at", type=int, default=-1, help="save a checkpoint and stop at this step, without changing the "
       "schedule (train in slices: continue later with --resume)")
@@ -155,9 +162,14 @@ def run(args: argparse.Namespace) -> dict:
     from ..optim import MuonAdamW, build_param_groups
     from ..tokenizer import get_tokenizer
 
+    from ..distributed import GradSync, broadcast_parameters, destroy, gather_objects, init_distributed
+
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
     dist = get_dist_info()
     device = autodetect_device(cfg.device or None)
+    if device == "cuda" and dist.world_size > 1:
+        device = f"cuda:{dist.local_rank}"
+    init_distributed(device, cfg.dist_timeout)
     dtype = compute_dtype(device, cfg.dtype or None)
     seed_everything(cfg.seed)
     tok = get_tokenizer(cfg.tokenizer)
@@ -183,6 +195,7 @@ def run(args: argparse.Namespace) -> dict:
                                 "iterations": f"{num_iterations:,} ({horizon_rule})",
                                 "train tokens": f"{num_iterations * total_batch:,}", "run dir": str(run_dir)})
 
+    sync = GradSync(model, cfg.sync)
     optimizer = MuonAdamW(build_param_groups(model, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
                                              unembedding_lr=cfg.unembedding_lr, scalar_lr=cfg.scalar_lr,
                                              weight_decay=cfg.weight_decay, optimizer=cfg.optimizer))
@@ -198,13 +211,24 @@ def run(args: argparse.Namespace) -> dict:
         if meta.get("model_config") != mcfg.to_dict():
             raise SystemExit(f"--resume: {latest} was trained with a different model config; "
                              f"use the same --depth / --preset / --max-seq-len or another --model-tag")
-        state = load_checkpoint(latest, model, optimizer)
+        state = load_checkpoint(latest, model, None)
+        if state["optimizer"] is None:
+            raise SystemExit(f"--resume: {latest} holds no optimizer state")
+        sync.load_full_optimizer_state(optimizer, state["optimizer"])
         start_step = state["step"]
-        loader.load_state_dict(state["loader"])
+        saved = state["loader"]
+        if saved["world_size"] == dist.world_size:
+            loader.load_state_dict(saved["ranks"][dist.rank])  # exact: each rank continues its own stream
+        else:  # a different number of ranks reads the data in a different partition: continue approximately
+            epoch = min(r["epoch"] for r in saved["ranks"])
+            loader.load_state_dict({**loader.state_dict(), "epoch": epoch + 1, "unit": 0, "row": 0, "buffer": []})
+            print0(f"note: checkpoint written by {saved['world_size']} ranks, resuming with {dist.world_size}: "
+                   f"model and optimizer are exact; the data order restarts at epoch {epoch + 1}")
         print0(f"resumed from {latest} at step {start_step}")
     elif latest is not None or (run_dir / "metrics.jsonl").exists():
         raise SystemExit(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
                          f"--model-tag / --run-dir. Nothing was overwritten.")
+    broadcast_parameters(model)
     if start_step > num_iterations:
         raise SystemExit(f"checkpoint step {start_step} is beyond --num-iterations {num_iterations}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +272,8 @@ def run(args: argparse.Namespace) -> dict:
             "tokenizer": cfg.tokenizer, "tokenizer_sha256": _tokenizer_hash(tok),
             "corpus": cfg.corpus, "world_size": dist.world_size}
     val_bpb, last_loss = float("nan"), float("nan")
+    die = os.environ.get("MINI_NANOCHAT_TEST_DIE_AT", "")  # "rank:step", used only by the tests
+    _die_at = tuple(int(v) for v in die.split(":")) if die else None
     step = start_step
     bar = tqdm(total=num_iterations, initial=start_step, desc="base-train", unit="step", disable=not dist.is_master)
     t_train = 0.0
@@ -262,10 +288,13 @@ def run(args: argparse.Namespace) -> dict:
         if last or (cfg.sample_every > 0 and step % cfg.sample_every == 0 and step > start_step):
             samples(step)
         if last or pause or (cfg.save_every > 0 and step % cfg.save_every == 0 and step > start_step):
+            full_optim = sync.full_optimizer_state(optimizer)  # every rank takes part in the gathers
+            loaders = {"world_size": dist.world_size, "ranks": gather_objects(loader.state_dict())}
             if dist.is_master:
                 try:
-                    save_checkpoint(run_dir, step, model, optimizer, loader.state_dict(),
-                                    {**meta, "val_bpb": val_bpb, "train_loss": last_loss}, keep_last=cfg.keep_last)
+                    save_checkpoint(run_dir, step, model, None, loaders,
+                                    {**meta, "val_bpb": val_bpb, "train_loss": last_loss}, keep_last=cfg.keep_last,
+                                    optimizer_state=full_optim)
                 except CheckpointError as e:
                     raise SystemExit(f"base-train: {e}") from None
         if last:
@@ -287,11 +316,19 @@ def run(args: argparse.Namespace) -> dict:
             (loss / grad_accum).backward()
             loss_sum += loss.item()
         last_loss = loss_sum / grad_accum
+        if dist.world_size > 1:  # every rank logs (and NaN-checks) the same, global mean loss
+            t = torch.tensor([last_loss], dtype=torch.float64)
+            torch.distributed.all_reduce(t)
+            last_loss = t.item() / dist.world_size
         if not math.isfinite(last_loss):
             good = latest_checkpoint(run_dir)
             raise SystemExit(f"base-train: the loss became {last_loss} at step {step}. Stopping; the last good "
                              f"checkpoint is {good or 'none (none was saved yet)'}. Try a lower learning rate.")
+        if _die_at == (dist.rank, step):  # test hook (tests/test_distributed.py): simulate a crashed rank
+            os._exit(3)
+        sync.before_step()
         optimizer.step()
+        sync.after_step()
         optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         step += 1
@@ -312,6 +349,8 @@ def run(args: argparse.Namespace) -> dict:
     if dist.is_master:
         write_json_atomic(run_dir / "summary.json", summary)
         _plots(run_dir)
+    destroy()
+    if dist.is_master:
         print0(f"done: {step} of {num_iterations} steps, val bpb {val_bpb:.4f}, train loss {last_loss:.4f}, "
                f"{summary['tok_per_s']:,.0f} tok/s, MFU {summary['mfu']:.2f} (peak {peak / 1e9:.0f} GFLOP/s); {run_dir}")
     return summary
@@ -353,4 +392,14 @@ def _plots(run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(get_parser().parse_args(argv))
+    args = get_parser().parse_args(argv)
+    try:
+        return run(args)
+    except RuntimeError as e:  # under torchrun, a failed collective means another rank died or hung
+        info = get_dist_info()
+        if info.world_size > 1:
+            raise SystemExit(f"base-train rank {info.rank}/{info.world_size}: a collective operation failed "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Another rank probably died; "
+                             f"stopping instead of waiting. Complete checkpoints are kept; resume with --resume "
+                             f"(any number of ranks).") from None
+        raise

@@ -133,7 +133,8 @@ def build_param_groups(model, *, matrix_lr: float, embedding_lr: float, unembedd
       matrices    2-D weights inside the blocks                    Muon, matrix_lr (or AdamW if optimizer="adamw")
 
     AdamW learning rates are scaled by (width / 768)^-0.5: nanochat tuned them at width 768 and wider
-    models need smaller steps per coordinate. The Muon LR needs no such scaling (its update has a fixed RMS).
+    models need smaller steps per coordinate. The Muon LR is not scaled: its update has a fixed spectral norm
+    (~1, times the aspect-ratio factor), whatever the width.
     """
     dmodel_scale = (model.config.n_embd / 768) ** -0.5
     matrices, scalars, embeddings, unembedding = [], [], [], []

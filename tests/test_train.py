@@ -127,3 +127,16 @@ def test_checkpoint_errors_are_clear(tmp_path, monkeypatch):
     other = GPT(GPTConfig.from_depth(2, vocab_size=64, sequence_len=16))
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "checkpoints" / "step_000001", other)
+
+
+def test_resume_uses_the_flags_given_now(small_tok, tmp_path):
+    """A resumed run takes the learning rates of its command line, not the ones saved in the optimizer."""
+    base_train.main(args(tmp_path / "a", "--num-iterations", "4", "--stop-at", "2", "--eval-every", "2"))
+    base_train.main(args(tmp_path / "b", "--num-iterations", "4", "--stop-at", "2"))
+    base_train.main(args(tmp_path / "a", "--num-iterations", "4", "--resume", "--eval-every", "2"))
+    base_train.main(args(tmp_path / "b", "--num-iterations", "4", "--resume", "--matrix-lr", "0.5"))
+    wa = load_file(str(latest_checkpoint(tmp_path / "a") / "model.safetensors"))
+    wb = load_file(str(latest_checkpoint(tmp_path / "b") / "model.safetensors"))
+    assert not torch.equal(wa["blocks.0.attn.c_q.weight"], wb["blocks.0.attn.c_q.weight"])
+    records = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_bpb" in r] == [0, 2, 4]  # no duplicate record at the resume step

@@ -214,7 +214,10 @@ def run(args: argparse.Namespace) -> dict:
         state = load_checkpoint(latest, model, None)
         if state["optimizer"] is None:
             raise SystemExit(f"--resume: {latest} holds no optimizer state")
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         sync.load_full_optimizer_state(optimizer, state["optimizer"])
+        for g, hyper in zip(optimizer.param_groups, fresh):  # flags given now win over the saved ones
+            g.update(hyper)
         start_step = state["step"]
         saved = state["loader"]
         if saved["world_size"] == dist.world_size:
@@ -280,7 +283,8 @@ def run(args: argparse.Namespace) -> dict:
     while True:
         last = step == num_iterations
         pause = step == cfg.stop_at and not last and step > start_step
-        if last or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
+        resumed_here = cfg.resume and step == start_step and not last  # this step's val bpb is already logged
+        if not resumed_here and (last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
             val_bpb = evaluate_bpb(fwd, val_batches, token_bytes)
             log({"step": step, "val_bpb": val_bpb})
             if dist.is_master:

@@ -36,13 +36,20 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def bench(preset: str, dtype: torch.dtype, steps: int, with_optimizer: bool, compile_: bool,
+def bench(preset: str, dtype: torch.dtype, steps: int, optimizer: str, compile_: bool,
           depth: int, B: int, T: int, V: int) -> tuple[float, int]:
+    from mini_nanochat.optim import MuonAdamW, build_param_groups
+
     torch.manual_seed(0)
     cfg = GPTConfig.from_depth(depth, vocab_size=V, sequence_len=T, preset=preset)
     model = GPT(cfg, compute_dtype=dtype)
     flops = model.estimate_flops()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3) if with_optimizer else None
+    opt = None
+    if optimizer == "torch AdamW":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    elif optimizer == "MuonAdamW":
+        opt = MuonAdamW(build_param_groups(model, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004,
+                                           scalar_lr=0.01))
     fwd = torch.compile(model) if compile_ else model
     x = torch.randint(0, V, (B, T))
     y = torch.randint(0, V, (B, T))
@@ -76,6 +83,8 @@ def main() -> None:
                    help="comma-separated; add bfloat16 only on a CPU with native bf16 (avx512_bf16 / amx), "
                         "elsewhere it runs ~100x slower (docs/adrs/0013-precision.md)")
     p.add_argument("--compile", action="store_true", help="also benchmark torch.compile")
+    p.add_argument("--steps-kinds", default="fwd+bwd,torch AdamW,MuonAdamW",
+                   help="what a step includes: fwd+bwd only, or with an optimizer step")
     args = p.parse_args()
 
     from mini_nanochat.common import cpu_has_native_bf16
@@ -92,10 +101,10 @@ def main() -> None:
     for preset in args.presets.split(","):
         for dname in args.dtypes.split(","):
             dtype = getattr(torch, dname)
-            for with_opt in (False, True):
+            for kind in args.steps_kinds.split(","):
                 for comp in ((False, True) if args.compile else (False,)):
-                    tps, flops = bench(preset, dtype, args.steps, with_opt, comp, args.depth, args.B, args.T, args.V)
-                    print(f"| {preset} | {dname} | {'fwd+bwd+AdamW' if with_opt else 'fwd+bwd'} | "
+                    tps, flops = bench(preset, dtype, args.steps, kind, comp, args.depth, args.B, args.T, args.V)
+                    print(f"| {preset} | {dname} | {kind if kind == 'fwd+bwd' else 'fwd+bwd+' + kind} | "
                           f"{'yes' if comp else 'no'} | {tps:,.0f} | {flops / 1e6:.1f}M | "
                           f"{tps * flops / peaks[dtype]:.2f} | {tps * flops / peaks[torch.float32]:.2f} |", flush=True)
     print("\nanchors (nanochat's model on this machine, ../shared/anchors.md):")

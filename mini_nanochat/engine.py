@@ -1,0 +1,287 @@
+"""
+The inference engine: KV-cached decoding, batched sampling from one prompt, and the calculator tool.
+
+    engine = Engine(model, tokenizer)
+    for column in engine.generate(ids, num_samples=4, max_tokens=64, temperature=0.8, top_k=50, seed=0):
+        ...                                   # one token per sample per step (a list of num_samples ints)
+    results, masks = engine.generate_batch(ids, num_samples=4, max_tokens=64)
+
+Decoding with a cache: the prompt is run through the model once (prefill), filling the per-layer keys and
+values; each new token then costs one position of compute instead of re-running the whole sequence. The
+prefilled cache is copied into every sample's row, so N samples share one prefill.
+
+Tool use: when a sample writes <|python_start|> expr <|python_end|>, the engine evaluates `expr` with a
+safe calculator and forces <|output_start|> result <|output_end|> into that sample's stream (mask 0: these
+tokens were not sampled, and SFT does not train on them), then generation continues.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import operator
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+
+from .gpt import KVCache
+
+# ====================================================================================================
+# The calculator: arithmetic and a few string operations, parsed with `ast` against a whitelist.
+# Never eval(): the expression is walked node by node and only the listed node types are interpreted.
+# Every way to make it slow or huge is bounded: input length, nesting depth, exponent size, string size.
+# ====================================================================================================
+
+MAX_EXPR_CHARS = 1000
+MAX_DEPTH = 40
+MAX_STR = 10_000
+MAX_POW_DIGITS = 1000  # refuse a ** b whose result would have more digits than this
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_STR_METHODS = {"count", "upper", "lower", "replace", "startswith", "endswith", "find", "strip", "split",
+                "title", "index"}
+_FUNCS = {"len": len, "abs": abs, "round": round, "min": min, "max": max}
+
+
+class CalculatorError(Exception):
+    """The expression is not allowed or cannot be computed; the message says why."""
+
+
+def _check_size(value):
+    if isinstance(value, str) and len(value) > MAX_STR:
+        raise CalculatorError(f"string result longer than {MAX_STR} characters")
+    if isinstance(value, list) and (len(value) > MAX_STR or sum(len(str(v)) for v in value) > MAX_STR):
+        raise CalculatorError("list result too large")
+    if isinstance(value, int) and value.bit_length() > MAX_POW_DIGITS * 3.33:
+        raise CalculatorError("integer result too large")
+    return value
+
+
+def _eval(node, depth: int = 0):
+    if depth > MAX_DEPTH:
+        raise CalculatorError(f"expression nested deeper than {MAX_DEPTH}")
+    d = depth + 1
+    if isinstance(node, ast.Expression):
+        return _eval(node.body, d)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str)) and not isinstance(node.value, bool):
+        return _check_size(node.value)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        v = _eval(node.operand, d)
+        if not isinstance(v, (int, float)):
+            raise CalculatorError("unary +/- needs a number")
+        return _UNARY[type(node.op)](v)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a, b = _eval(node.left, d), _eval(node.right, d)
+        if isinstance(node.op, ast.Pow):
+            if not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
+                raise CalculatorError("** needs numbers")
+            if abs(b) > 10_000 or (abs(a) > 1 and b > 0 and b * math.log10(abs(a)) > MAX_POW_DIGITS):
+                raise CalculatorError(f"exponent too large (result over {MAX_POW_DIGITS} digits)")
+        if isinstance(node.op, ast.Mult) and (isinstance(a, str) or isinstance(b, str)):
+            s, n = (a, b) if isinstance(a, str) else (b, a)
+            if not isinstance(n, int) or len(s) * max(n, 0) > MAX_STR:
+                raise CalculatorError(f"string repetition over {MAX_STR} characters")
+        try:
+            return _check_size(_BINOPS[type(node.op)](a, b))
+        except (ZeroDivisionError, OverflowError, TypeError, ValueError) as e:
+            raise CalculatorError(f"{type(e).__name__}: {e}") from None
+    if isinstance(node, ast.Subscript):
+        v = _eval(node.value, d)
+        if not isinstance(v, (str, list)):
+            raise CalculatorError("only strings and lists can be indexed")
+        if isinstance(node.slice, ast.Slice):
+            parts = [None if x is None else _eval(x, d) for x in (node.slice.lower, node.slice.upper, node.slice.step)]
+            if not all(p is None or isinstance(p, int) for p in parts):
+                raise CalculatorError("slice bounds must be integers")
+            return v[slice(*parts)]
+        i = _eval(node.slice, d)
+        if not isinstance(i, int):
+            raise CalculatorError("index must be an integer")
+        try:
+            return v[i]
+        except IndexError as e:
+            raise CalculatorError(str(e)) from None
+    if isinstance(node, ast.Call) and not node.keywords:
+        args = [_eval(a, d) for a in node.args]
+        if isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
+            try:
+                return _check_size(_FUNCS[node.func.id](*args))
+            except (TypeError, ValueError) as e:
+                raise CalculatorError(f"{node.func.id}(): {e}") from None
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _STR_METHODS:
+            target = _eval(node.func.value, d)
+            if not isinstance(target, str) or not all(isinstance(a, (str, int)) for a in args):
+                raise CalculatorError(f".{node.func.attr}() is only allowed on strings, with string/int arguments")
+            try:
+                return _check_size(getattr(target, node.func.attr)(*args))
+            except (TypeError, ValueError) as e:
+                raise CalculatorError(f".{node.func.attr}(): {e}") from None
+        raise CalculatorError("only len/abs/round/min/max and a few string methods may be called")
+    if isinstance(node, ast.Attribute):
+        raise CalculatorError("attribute access is not allowed")
+    if isinstance(node, ast.Name):
+        raise CalculatorError(f"unknown name {node.id!r}: only literals, arithmetic and a few functions")
+    raise CalculatorError(f"{type(node).__name__} is not allowed in the calculator")
+
+
+def calculator(expr: str) -> str:
+    """Evaluate an arithmetic / simple string expression safely; return the result as text.
+
+    >>> calculator("12 * (3 + 4) / 2")
+    '42.0'
+    >>> calculator("'strawberry'.count('r')")
+    '3'
+    >>> calculator("__import__('os')")
+    Traceback (most recent call last):
+    ...
+    mini_nanochat.engine.CalculatorError: dunder names are not allowed
+    """
+    if not isinstance(expr, str):
+        raise CalculatorError("the expression must be text")
+    if len(expr) > MAX_EXPR_CHARS:
+        raise CalculatorError(f"expression longer than {MAX_EXPR_CHARS} characters")
+    if "__" in expr:
+        raise CalculatorError("dunder names are not allowed")
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError as e:
+        raise CalculatorError(f"not a valid expression: {e.msg}") from None
+    except RecursionError:
+        raise CalculatorError(f"expression nested deeper than {MAX_DEPTH}") from None
+    value = _eval(tree)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16 and "/" not in expr:
+        value = int(value)
+    return str(value)
+
+
+# ====================================================================================================
+# Sampling
+# ====================================================================================================
+
+
+def sample_next(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """logits (B, V) -> next token ids (B,). temperature 0 = greedy; top-k keeps the k most likely;
+    top-p keeps the smallest set whose probability reaches p (Holtzman et al. 2019, arXiv:1904.09751)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(-1) - probs  # probability mass strictly before each token
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ====================================================================================================
+# The engine
+# ====================================================================================================
+
+
+class _Row:
+    """Per-sample bookkeeping: forced tokens (tool output) waiting to be emitted, the tool call being
+    written, and whether the sample has finished."""
+
+    def __init__(self):
+        self.forced: deque[int] = deque()
+        self.in_python = False
+        self.python_tokens: list[int] = []
+        self.done = False
+
+
+class Engine:
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        sp = tokenizer.special_tokens
+        self.bos = tokenizer.bos_id
+        self.assistant_end = sp.get("<|assistant_end|>")
+        self.python_start, self.python_end = sp.get("<|python_start|>"), sp.get("<|python_end|>")
+        self.output_start, self.output_end = sp.get("<|output_start|>"), sp.get("<|output_end|>")
+        self.stop_ids = {t for t in (self.bos, self.assistant_end) if t is not None}
+
+    def _tool_output(self, row: _Row) -> list[int]:
+        expr = self.tokenizer.decode(row.python_tokens)
+        try:
+            result = calculator(expr)
+        except CalculatorError as e:
+            result = f"error: {e}"
+        return [self.output_start] + self.tokenizer.encode(result) + [self.output_end]
+
+    @torch.no_grad()
+    def generate(self, ids: list[int], num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 42) -> Iterator[list[int]]:
+        """Yield, per step, one token per sample (a list of num_samples ints) until every sample has
+        stopped (assistant_end or bos) or max_tokens steps. A finished sample's later entries repeat its
+        stop token. As it runs, `self.last_tokens` / `self.last_masks` hold each sample's own tokens and
+        masks (1 = sampled, 0 = forced tool output)."""
+        if not ids:
+            raise ValueError("generate() needs a non-empty prompt (at least <|bos|>)")
+        model, cfg = self.model, self.model.config
+        device = model.wte.weight.device
+        limit = cfg.sequence_len if cfg.pos_emb == "learned" else cfg.sequence_len * 8
+        if len(ids) + max_tokens > limit:
+            raise ValueError(f"prompt ({len(ids)}) + max_tokens ({max_tokens}) exceeds the model's {limit} positions")
+        gen = torch.Generator(device=device).manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        try:
+            # prefill once with batch 1, then copy the cache into every sample's row
+            prefill = KVCache(cfg.n_layer, 1, cfg.n_kv_head, len(ids), cfg.head_dim, device=device,
+                              dtype=model.compute_dtype)
+            logits = model(torch.tensor([ids], device=device), kv_cache=prefill)[:, -1]  # (1, V)
+            cache = KVCache(cfg.n_layer, num_samples, cfg.n_kv_head, len(ids) + max_tokens, cfg.head_dim,
+                            device=device, dtype=model.compute_dtype)
+            cache.k[:, :, :, : len(ids)] = prefill.k
+            cache.v[:, :, :, : len(ids)] = prefill.v
+            cache.pos = len(ids)
+            logits = logits.expand(num_samples, -1)  # (N, V)
+            rows = [_Row() for _ in range(num_samples)]
+            self.last_tokens = [[] for _ in range(num_samples)]  # per sample, up to and including its stop token
+            self.last_masks = [[] for _ in range(num_samples)]
+            for _ in range(max_tokens):
+                sampled = sample_next(logits, gen, temperature, top_k, top_p).tolist()
+                column = []
+                for i, row in enumerate(rows):
+                    if row.done:  # keep the batch rectangular: a finished sample repeats its stop token
+                        column.append(self.last_tokens[i][-1])
+                        continue
+                    tok, mask = (row.forced.popleft(), 0) if row.forced else (sampled[i], 1)
+                    column.append(tok)
+                    self.last_tokens[i].append(tok)
+                    self.last_masks[i].append(mask)
+                    if tok in self.stop_ids and mask == 1:
+                        row.done = True
+                    elif tok == self.python_start and self.python_start is not None:
+                        row.in_python, row.python_tokens = True, []
+                    elif tok == self.python_end and row.in_python:
+                        row.in_python = False
+                        row.forced.extend(self._tool_output(row))
+                    elif row.in_python:
+                        row.python_tokens.append(tok)
+                yield column
+                if all(r.done for r in rows):
+                    break
+                logits = model(torch.tensor(column, device=device).view(num_samples, 1), kv_cache=cache)[:, -1]
+        finally:
+            model.train(was_training)
+
+    def generate_batch(self, ids: list[int], num_samples: int = 1, **kwargs) -> tuple[list[list[int]], list[list[int]]]:
+        """Run generate() to the end; return (prompt + completion per sample, mask per sample). The final
+        stop token is dropped; masks are 0 over the prompt and over forced tool output."""
+        for _ in self.generate(ids, num_samples=num_samples, **kwargs):
+            pass
+        results, masks = [], []
+        for toks, m in zip(self.last_tokens, self.last_masks):
+            if toks and toks[-1] in self.stop_ids and m[-1] == 1:
+                toks, m = toks[:-1], m[:-1]
+            results.append(list(ids) + toks)
+            masks.append([0] * len(ids) + m)
+        return results, masks

@@ -1,0 +1,180 @@
+"""Inference engine: KV-cache decoding == full recomputation (every preset, sliding windows, GQA),
+batched sampling reproducible with a seed and different across samples, top-k / top-p stay inside the
+allowed set, the calculator tool path, and the calculator's refusals."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mini_nanochat.engine import CalculatorError, Engine, calculator, sample_next
+from mini_nanochat.gpt import GPT, GPTConfig
+from mini_nanochat.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(sample_2mb):
+    return Tokenizer.train(sample_2mb, 512)
+
+
+def noisy_model(cfg: GPTConfig) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # random weights with every path live, so tokens depend on the whole context
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+CONFIGS = {
+    "modern": dict(),
+    "modern-windows-gqa": dict(window_pattern="SL", n_kv_head=1),
+    "modern-ve": dict(value_embeds=True, window_pattern="SSL"),
+    "gpt2": dict(preset="gpt2"),
+    "llama": dict(preset="llama"),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_kv_cache_decoding_equals_full_recompute(tok, name):
+    kw = dict(CONFIGS[name])
+    preset = kw.pop("preset", "modern")
+    cfg = GPTConfig.from_depth(2, vocab_size=tok.vocab_size, sequence_len=64, preset=preset, head_dim=32,
+                               aspect_ratio=32, **kw)
+    model = noisy_model(cfg)
+    prompt = tok.encode("The Congress shall", prepend=tok.bos_id)
+    engine = Engine(model, tok)
+    results, _ = engine.generate_batch(prompt, num_samples=1, max_tokens=40, temperature=0.0)
+    got = results[0][len(prompt):]
+    # reference: greedy decoding that re-runs the full sequence every step, no cache
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(len(got)):
+            logits = model(torch.tensor([ids]))[0, -1]
+            ids.append(int(logits.argmax()))
+        full = model(torch.tensor([ids]))[0]
+    assert got == ids[len(prompt):]
+    assert len(got) >= 20  # long enough to cross the short windows (16 positions at T=64)
+    # logits: cached single-token steps vs one full forward
+    from mini_nanochat.gpt import KVCache
+    cache = KVCache(cfg.n_layer, 1, cfg.n_kv_head, len(ids), cfg.head_dim)
+    with torch.no_grad():
+        steps = [model(torch.tensor([ids[:len(prompt)]]), kv_cache=cache)]
+        for t in range(len(prompt), len(ids)):
+            steps.append(model(torch.tensor([[ids[t]]]), kv_cache=cache))
+    torch.testing.assert_close(torch.cat(steps, 1)[0], full, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_samples_differ_and_are_reproducible(tok):
+    cfg = GPTConfig.from_depth(2, vocab_size=tok.vocab_size, sequence_len=64, head_dim=32, aspect_ratio=32)
+    engine = Engine(noisy_model(cfg), tok)
+    prompt = tok.encode("Hello", prepend=tok.bos_id)
+    a, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=20, temperature=1.0, seed=7)
+    b, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=20, temperature=1.0, seed=7)
+    c, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=20, temperature=1.0, seed=8)
+    assert a == b and a != c
+    assert len({tuple(r) for r in a}) > 1  # the samples differ from each other
+    g, _ = engine.generate_batch(prompt, num_samples=3, max_tokens=10, temperature=0.0)
+    assert g[0] == g[1] == g[2]  # greedy: all samples identical
+    steps = list(engine.generate(prompt, num_samples=2, max_tokens=5, temperature=1.0, seed=1))
+    assert len(steps) <= 5 and all(len(col) == 2 for col in steps)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(1, None), (5, None), (None, 0.3), (None, 0.9), (3, 0.5)])
+def test_top_k_top_p_never_leave_the_allowed_set(top_k, top_p):
+    torch.manual_seed(0)
+    logits = torch.randn(8, 50) * 3
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(logits, -1)
+    order = probs.argsort(-1, descending=True)
+    for _ in range(200):
+        picks = sample_next(logits, gen, temperature=1.0, top_k=top_k, top_p=top_p)
+        for row in range(8):
+            rank = (order[row] == picks[row]).nonzero().item()
+            if top_k is not None:
+                assert rank < top_k
+            if top_p is not None:
+                mass_before = probs[row, order[row, :rank]].sum().item()
+                assert mass_before < top_p
+    assert torch.equal(sample_next(logits, gen, temperature=0.0), logits.argmax(-1))
+
+
+class ScriptedModel(torch.nn.Module):
+    """A stand-in model that writes a fixed script (a calculator call), then whatever follows the
+    forced tool output is checked: it reads back what the engine injected."""
+
+    def __init__(self, real: GPT, script: list[int]):
+        super().__init__()
+        self.real, self.script, self.config = real, script, real.config
+        self.wte, self.compute_dtype = real.wte, real.compute_dtype
+        self.seen: list[list[int]] = []
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        self.seen.append(idx[0].tolist())
+        out = self.real(idx, kv_cache=kv_cache)
+        step = len(self.seen) - 1  # 0 = prefill
+        nxt = self.script[step] if step < len(self.script) else self.script[-1]
+        logits = torch.full_like(out[:, -1:], -1e9)
+        logits[..., nxt] = 1e9
+        return torch.cat([out[:, :-1], logits], 1)
+
+
+def test_tool_call_injects_calculator_output(tok):
+    cfg = GPTConfig.from_depth(2, vocab_size=tok.vocab_size, sequence_len=128, head_dim=32, aspect_ratio=32)
+    sp = tok.encode_special
+    call = tok.encode("12*34")
+    after = tok.encode(" done")
+    script = [sp("python_start"), *call, sp("python_end")]
+    n_out = len([sp("output_start"), *tok.encode("408"), sp("output_end")])
+    script += [0] * n_out + after + [sp("assistant_end")]  # while output is forced, the script is ignored
+    model = ScriptedModel(GPT(cfg), script)
+    engine = Engine(model, tok)
+    prompt = tok.render_for_completion([{"role": "user", "content": "what is 12*34?"}])
+    results, masks = engine.generate_batch(prompt, num_samples=1, max_tokens=60, temperature=0.0)
+    completion, mask = results[0][len(prompt):], masks[0][len(prompt):]
+    expected_out = [sp("output_start"), *tok.encode("408"), sp("output_end")]
+    k = len(call) + 2
+    assert completion[:k] == [sp("python_start"), *call, sp("python_end")] and mask[:k] == [1] * k
+    assert completion[k:k + n_out] == expected_out and mask[k:k + n_out] == [0] * n_out  # injected, not sampled
+    assert completion[k + n_out:] == after and mask[k + n_out:] == [1] * len(after)
+    # the model was fed the injected tokens (they are in its context)
+    fed = [t for s in model.seen[1:] for t in s]
+    assert expected_out[1] in fed
+    # a bad expression injects an error message instead of crashing
+    bad = ScriptedModel(GPT(cfg), [sp("python_start"), *tok.encode("__import__('os')"), sp("python_end"),
+                                    sp("assistant_end")])
+    r, _ = Engine(bad, tok).generate_batch(prompt, max_tokens=60, temperature=0.0)
+    assert "error: dunder" in tok.decode(r[0][len(prompt):])
+
+
+@pytest.mark.parametrize("expr, value", [("1+2*3", "7"), ("2**10", "1024"), ("7/2", "3.5"), ("-(3-5)", "2"),
+                                         ("'strawberry'.count('r')", "3"), ("len('hello')", "5"),
+                                         ("'ab'*3", "ababab"), ("'Hello'.upper()", "HELLO"), ("'hello'[1:3]", "el"),
+                                         ("max(3, 9, 4)", "9"), ("round(3.14159, 2)", "3.14")])
+def test_calculator_computes(expr, value):
+    assert calculator(expr) == value
+
+
+@pytest.mark.parametrize("attack, message", [
+    ("__import__('os').system('ls')", "dunder"),
+    ("().__class__.__bases__[0].__subclasses__()", "dunder"),
+    ("'a'.__class__", "dunder"),
+    ("open('/etc/passwd').read()", "may be called"),
+    ("exec('print(1)')", "may be called"),
+    ("'abc'.format_map", "attribute access"),
+    ("x", "unknown name"),
+    ("[i for i in range(10**9)]", "not allowed"),
+    ("lambda: 1", "not allowed"),
+    ("9**9**9", "exponent too large"),
+    ("2**100000", "exponent too large"),
+    ("'a'*10**7", "string repetition"),
+    ("-" * 100 + "1", "nested deeper"),
+    ("(" * 60 + "1" + "+1)" * 60, "nested deeper"),
+    ("1+" * 300 + "1", "nested deeper"),
+    ("'x' * 5000 + 'y' * 6000", "longer than"),
+    ("1/0", "ZeroDivisionError"),
+    ("import os", "not a valid expression"),
+    ("1" * 2000, "longer than 1000"),
+])
+def test_calculator_rejects_attacks_clearly(attack, message):
+    with pytest.raises(CalculatorError, match=message):
+        calculator(attack)

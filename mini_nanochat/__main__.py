@@ -13,6 +13,7 @@ STAGES = {
     "tok-train": ("tok_train", "train the BPE tokenizer on the corpus"),
     "tok-eval": ("tok_eval", "compare the tokenizer with GPT-2 / GPT-4 / GPT-4o; show how text is split"),
     "base-train": ("base_train", "pretrain the GPT (AdamW + Muon, checkpoints, exact resume)"),
+    "chat": ("chat", "talk to a trained model in the terminal (streaming; -p for one answer)"),
     "speedrun": ("speedrun", "the main job: every stage that exists so far, in order"),
 }
 

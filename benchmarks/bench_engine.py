@@ -1,0 +1,91 @@
+"""
+Benchmark: prefill and decode speed of the Engine, with and without the KV cache, at batch 1 and 8,
+for depth 4 (width 256) and depth 6 (width 384), vocab 4096, fp32, random weights, a 64-token prompt and
+256 new tokens (the no-cache baseline re-runs the whole sequence every step; it is timed over the
+first --nocache-tokens new tokens to keep the run short).
+
+The memory-bandwidth bound: each decode step must read every weight once (4 bytes each in fp32), plus the
+cached keys/values, so tok/s <= batch x bandwidth / bytes per step. ~50 GB/s was measured on this
+project's machines (../shared/anchors.md).
+
+    python benchmarks/bench_engine.py
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mini_nanochat.engine import Engine
+from mini_nanochat.gpt import GPT, GPTConfig
+
+# nanochat's Engine on this project's machine (../shared/anchors.md), decode tok/s
+NANOCHAT = {(4, 1): 311, (4, 8): 1312, (6, 1): 143, (6, 8): 684}
+NANOCHAT_NOCACHE = {(4, 1): 58, (4, 8): 67, (6, 1): 25, (6, 8): 27}
+
+
+class _Tok:
+    """The engine only needs ids and special-token ids here (no text)."""
+    special_tokens = {"<|bos|>": 0}
+    bos_id = 0
+
+
+def decode_rate_nocache(model, prompt: torch.Tensor, new: int) -> float:
+    ids = prompt
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(new):
+            nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+    return new * prompt.size(0) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depths", default="4,6")
+    p.add_argument("--new", type=int, default=256)
+    p.add_argument("--nocache-tokens", type=int, default=64)
+    p.add_argument("--bandwidth", type=float, default=50e9, help="bytes/s for the bound (anchors: ~51 GB/s)")
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| depth | width | batch | prefill tok/s | decode tok/s (cache) | vs nanochat | x no-cache | "
+          "bandwidth bound | % of bound | no-cache tok/s (nanochat) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for depth in (int(d) for d in args.depths.split(",")):
+        torch.manual_seed(0)
+        cfg = GPTConfig.from_depth(depth, vocab_size=4096, sequence_len=512, window_pattern="L")
+        model = GPT(cfg).eval()
+        with torch.no_grad():
+            for prm in model.parameters():
+                prm.add_(0.02 * torch.randn_like(prm))
+        engine = Engine(model, _Tok())
+        engine.stop_ids = set()  # random weights: never stop early, always generate `new` tokens
+        prompt = torch.randint(1, 4096, (1, 64))
+        n_params = sum(prm.numel() for prm in model.parameters())
+        for batch in (1, 8):
+            with torch.no_grad():
+                model(prompt)  # warm-up
+                t0 = time.perf_counter()
+                model(prompt)
+                prefill = 64 / (time.perf_counter() - t0)
+            for _ in engine.generate(prompt[0].tolist(), num_samples=batch, max_tokens=8, temperature=1.0):
+                pass  # warm-up
+            t0 = time.perf_counter()
+            steps = 0
+            for _ in engine.generate(prompt[0].tolist(), num_samples=batch, max_tokens=args.new, temperature=1.0):
+                steps += 1
+            decode = steps * batch / (time.perf_counter() - t0)
+            nocache = decode_rate_nocache(model, prompt.expand(batch, -1).contiguous(), args.nocache_tokens)
+            avg_ctx = 64 + args.new / 2
+            kv_bytes = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * avg_ctx * 4 * batch
+            bound = batch * args.bandwidth / (n_params * 4 + kv_bytes)
+            print(f"| {depth} | {cfg.n_embd} | {batch} | {prefill:,.0f} | {decode:,.0f} | "
+                  f"{decode / NANOCHAT[(depth, batch)]:.2f}x | {decode / nocache:.1f}x | {bound:,.0f} | "
+                  f"{100 * decode / bound:.0f}% | {nocache:,.0f} ({NANOCHAT_NOCACHE[(depth, batch)]}) |", flush=True)
+    print("\nnanochat Engine decode on this machine (anchors): d4 311 / 1,312 tok/s (batch 1 / 8), "
+          "d6 143 / 684; no cache 58 / 67 and 25 / 27.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""
+Stage `chat`: talk to a trained model in the terminal, streaming its answer token by token.
+
+    python -m mini_nanochat chat                           # the speedrun's model, interactive
+    python -m mini_nanochat chat -p "The Congress shall"   # one answer, then exit
+    python -m mini_nanochat chat --model-tag d4 --temperature 0.8 --top-k 50
+
+Commands in the interactive loop: /clear (forget the conversation), /temperature X, /topk K, /help, /quit.
+
+A base model (pretrained only) has never seen a conversation, so by default (--mode auto) it continues
+your text instead ("complete"); a fine-tuned chat model (Phase 8) gets the chat format ("chat"). A
+conversation that outgrows the context window drops its oldest turns, with a notice.
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import sys
+from pathlib import Path
+
+
+from ..checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from ..common import autodetect_device, compute_dtype, get_base_dir, print_config
+
+HELP = "commands: /clear  /temperature X  /topk K  /help  /quit"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mini-nanochat chat", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-tag", default="speedrun", help="run under <base>/runs/<tag> (default: the speedrun's)")
+    p.add_argument("--run-dir", default="", help="explicit run directory (overrides --model-tag)")
+    p.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
+    p.add_argument("--mode", default="auto", choices=["auto", "chat", "complete"],
+                   help="chat format or plain text continuation (auto: chat only for fine-tuned models)")
+    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (e.g. 0.9)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="", help="cuda / mps / cpu (default: autodetect)")
+    return p
+
+
+def load_model(run_dir: Path, device: str):
+    """The latest checkpoint of a run: (model, tokenizer, meta). Clear errors for a missing run."""
+    from ..gpt import GPT, GPTConfig
+    from ..tokenizer import get_tokenizer
+
+    ck = latest_checkpoint(run_dir)
+    if ck is None:
+        raise SystemExit(f"chat: no checkpoint in {run_dir}; train one first: python -m mini_nanochat speedrun")
+    meta = json.loads((ck / "meta.json").read_text())
+    model = GPT(GPTConfig.from_dict(meta["model_config"]), device=device, compute_dtype=compute_dtype(device))
+    try:
+        load_checkpoint(ck, model, restore_rng=False)
+    except CheckpointError as e:
+        raise SystemExit(f"chat: {e}") from None
+    tok = get_tokenizer(meta.get("tokenizer", "default"))
+    if tok.vocab_size != model.config.vocab_size:
+        raise SystemExit(f"chat: tokenizer {meta.get('tokenizer')!r} has {tok.vocab_size} tokens but the model "
+                         f"expects {model.config.vocab_size}; was the tokenizer retrained after this run?")
+    return model.eval(), tok, meta | {"checkpoint": str(ck)}
+
+
+class Streamer:
+    """Token bytes in, complete UTF-8 characters out: a character split across two tokens is printed
+    only once both halves have arrived (never half a character)."""
+
+    def __init__(self, tok, out=sys.stdout):
+        self.tok, self.out = tok, out
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+
+    def push(self, token: int) -> str:
+        piece = self.decoder.decode(self.tok.enc.decode_single_token_bytes(token))
+        self.text += piece
+        if piece:
+            self.out.write(piece)
+            self.out.flush()
+        return piece
+
+    def finish(self) -> str:
+        tail = self.decoder.decode(b"", final=True)
+        self.text += tail
+        self.out.write(tail + "\n")
+        self.out.flush()
+        return self.text
+
+
+def fit_conversation(tok, messages: list[dict], budget: int) -> tuple[list[int], int]:
+    """Render messages for completion, dropping the oldest user/assistant turns until the prompt fits in
+    `budget` tokens. Returns (ids, number of messages dropped). The newest user message is always kept
+    (cut from the left if it alone is too long)."""
+    dropped = 0
+    while True:
+        ids = tok.render_for_completion(messages)
+        if len(ids) <= budget or len(messages) <= 1:
+            break
+        messages[:] = messages[2:] if len(messages) > 2 else messages[1:]
+        dropped += 2
+    if len(ids) > budget:  # a single message longer than the window: keep its end
+        ids = [tok.bos_id] + ids[len(ids) - budget + 1:]
+    return ids, dropped
+
+
+def answer(engine, tok, ids: list[int], args, out=sys.stdout) -> str:
+    """Stream one answer for prompt `ids`; return its text."""
+    streamer = Streamer(tok, out)
+    stop = engine.stop_ids
+    for column in engine.generate(ids, num_samples=1, max_tokens=args.max_tokens, temperature=args.temperature,
+                                  top_k=args.top_k or None, top_p=args.top_p, seed=args.seed):
+        t = column[0]
+        if t in stop and engine.last_masks[0][-1] == 1:
+            break
+        if engine.last_masks[0][-1] == 0 or t in tok.special_tokens.values():
+            continue  # tool plumbing and special tokens are not shown as text
+        streamer.push(t)
+    return streamer.finish()
+
+
+def run(args: argparse.Namespace) -> str | None:
+    from ..engine import Engine
+
+    device = autodetect_device(args.device or None)
+    run_dir = Path(args.run_dir) if args.run_dir else get_base_dir() / "runs" / args.model_tag
+    model, tok, meta = load_model(run_dir, device)
+    mode = args.mode if args.mode != "auto" else ("chat" if meta.get("sft") else "complete")
+    print_config("chat", {"checkpoint": meta["checkpoint"], "mode": mode, "temperature": args.temperature,
+                          "top_k": args.top_k, "top_p": args.top_p, "max_tokens": args.max_tokens, "device": device})
+    engine = Engine(model, tok)
+    window = model.config.sequence_len
+    if args.max_tokens >= window:
+        raise SystemExit(f"chat: --max-tokens must be below the model's context ({window})")
+    budget = window - args.max_tokens
+    messages: list[dict] = []
+
+    def respond(text: str) -> str:
+        if mode == "complete":
+            ids = tok.encode(text, prepend=tok.bos_id)[-budget:]
+            sys.stdout.write(text)
+            return answer(engine, tok, ids, args)
+        messages.append({"role": "user", "content": text})
+        ids, dropped = fit_conversation(tok, messages, budget)
+        if dropped:
+            print(f"[notice: the conversation outgrew the {window}-token context; dropped the oldest "
+                  f"{dropped} messages]")
+        reply = answer(engine, tok, ids, args)
+        messages.append({"role": "assistant", "content": reply})
+        return reply
+
+    if args.prompt is not None:
+        return respond(args.prompt)
+    print(f"mini-nanochat ({mode} mode). {HELP}")
+    while True:
+        try:
+            line = input("\n> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return None
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, val = line.partition(" ")
+            try:
+                if cmd == "/quit":
+                    return None
+                if cmd == "/clear":
+                    messages.clear()
+                    print("[conversation cleared]")
+                elif cmd == "/temperature":
+                    args.temperature = float(val)
+                    print(f"[temperature = {args.temperature}]")
+                elif cmd == "/topk":
+                    args.top_k = int(val)
+                    print(f"[top-k = {args.top_k}]")
+                else:
+                    print(HELP)
+            except ValueError:
+                print(f"[could not read a number from {val!r}] {HELP}")
+            continue
+        respond(line)
+
+
+def main(argv: list[str] | None = None):
+    return run(get_parser().parse_args(argv))

@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict:
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
 
     fwd = torch.compile(model) if cfg.compile else model
-    peak = peak_flops(device, dtype)
+    peak = peak_flops(device, dtype) * dist.world_size  # tok/s is global, so the peak is all ranks' together
     val_batches = list(build_val_loader(tok, cfg.device_batch_size, cfg.max_seq_len, tokens=cfg.eval_tokens,
                                         corpus=cfg.corpus, device=device))
 

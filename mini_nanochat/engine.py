@@ -78,10 +78,12 @@ def _eval(node, depth: int = 0):
                 raise CalculatorError("** needs numbers")
             if abs(b) > 10_000 or (abs(a) > 1 and b > 0 and b * math.log10(abs(a)) > MAX_POW_DIGITS):
                 raise CalculatorError(f"exponent too large (result over {MAX_POW_DIGITS} digits)")
-        if isinstance(node.op, ast.Mult) and (isinstance(a, str) or isinstance(b, str)):
-            s, n = (a, b) if isinstance(a, str) else (b, a)
+        if isinstance(node.op, ast.Mult) and (isinstance(a, (str, list)) or isinstance(b, (str, list))):
+            s, n = (a, b) if isinstance(a, (str, list)) else (b, a)
             if not isinstance(n, int) or len(s) * max(n, 0) > MAX_STR:
-                raise CalculatorError(f"string repetition over {MAX_STR} characters")
+                raise CalculatorError(f"string/list repetition over {MAX_STR} items")
+        if isinstance(node.op, ast.Mod) and not isinstance(a, (int, float)):
+            raise CalculatorError("% is only allowed on numbers (no printf-style formatting)")
         try:
             return _check_size(_BINOPS[type(node.op)](a, b))
         except (ZeroDivisionError, OverflowError, TypeError, ValueError) as e:
@@ -104,6 +106,9 @@ def _eval(node, depth: int = 0):
             raise CalculatorError(str(e)) from None
     if isinstance(node, ast.Call) and not node.keywords:
         args = [_eval(a, d) for a in node.args]
+        if isinstance(node.func, ast.Name) and node.func.id == "round" and len(args) > 1 and (
+                not isinstance(args[1], int) or abs(args[1]) > 1000):
+            raise CalculatorError("round(): ndigits must be an integer within +-1000")
         if isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
             try:
                 return _check_size(_FUNCS[node.func.id](*args))
@@ -111,6 +116,9 @@ def _eval(node, depth: int = 0):
                 raise CalculatorError(f"{node.func.id}(): {e}") from None
         if isinstance(node.func, ast.Attribute) and node.func.attr in _STR_METHODS:
             target = _eval(node.func.value, d)
+            if node.func.attr == "replace" and len(args) >= 2 and isinstance(target, str) and isinstance(args[1], str) \
+                    and len(target) * max(1, len(args[1])) > 10 * MAX_STR:
+                raise CalculatorError(f"replace() result could exceed {MAX_STR} characters")
             if not isinstance(target, str) or not all(isinstance(a, (str, int)) for a in args):
                 raise CalculatorError(f".{node.func.attr}() is only allowed on strings, with string/int arguments")
             try:
@@ -213,6 +221,8 @@ class Engine:
             result = calculator(expr)
         except CalculatorError as e:
             result = f"error: {e}"
+        except Exception as e:  # noqa: BLE001 - whatever goes wrong, generation continues with an error
+            result = f"error: {type(e).__name__}"
         return [self.output_start] + self.tokenizer.encode(result) + [self.output_end]
 
     @torch.no_grad()

@@ -34,10 +34,10 @@ def test_streamer_never_prints_half_a_character(base_dir):
     assert all("\ufffd" not in c for c in chunks)
 
 
-def test_fit_conversation_drops_oldest_turns(base_dir):
+def test_fit_conversation_drops_oldest_turns(trained):
     from mini_nanochat.tokenizer import get_tokenizer
 
-    tok = get_tokenizer("default")
+    tok = get_tokenizer("chat-test")
     msgs = []
     for i in range(10):
         msgs += [{"role": "user", "content": f"question {i} " * 10}, {"role": "assistant", "content": f"answer {i} " * 10}]

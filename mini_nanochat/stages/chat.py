@@ -68,8 +68,8 @@ class Streamer:
     """Token bytes in, complete UTF-8 characters out: a character split across two tokens is printed
     only once both halves have arrived (never half a character)."""
 
-    def __init__(self, tok, out=sys.stdout):
-        self.tok, self.out = tok, out
+    def __init__(self, tok, out=None):
+        self.tok, self.out = tok, out if out is not None else sys.stdout
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = ""
 
@@ -105,7 +105,7 @@ def fit_conversation(tok, messages: list[dict], budget: int) -> tuple[list[int],
     return ids, dropped
 
 
-def answer(engine, tok, ids: list[int], args, out=sys.stdout) -> str:
+def answer(engine, tok, ids: list[int], args, out=None) -> str:
     """Stream one answer for prompt `ids`; return its text."""
     streamer = Streamer(tok, out)
     stop = engine.stop_ids

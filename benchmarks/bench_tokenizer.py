@@ -213,13 +213,9 @@ def train_rustbpe(docs: list[str], vocab_size: int):
 
 def hf_token_bytes(hf_tok) -> set[bytes]:
     """The byte strings of an HF byte-level vocabulary (undoing GPT-2's printable byte remapping)."""
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    byte_of = {chr(b): b for b in printable}
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            byte_of[chr(256 + n)] = b
-            n += 1
+    from mini_nanochat.tokenizer import gpt2_byte_decoder
+
+    byte_of = gpt2_byte_decoder()
     return {bytes(byte_of[c] for c in s) for s in hf_tok.get_vocab()}
 
 

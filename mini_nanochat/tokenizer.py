@@ -312,9 +312,9 @@ def _parse_tiktoken_ranks(data: bytes, where: str) -> dict[bytes, int]:
     return ranks
 
 
-def _gpt2_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict[bytes, int]:
-    """GPT-2 ships its vocabulary as (merges, encoder.json) over a printable remapping of the 256 bytes.
-    Undo the remapping to get plain byte ranks (what tiktoken's data_gym loader does)."""
+def gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2 (and HF byte-level BPE) write each byte as a printable character: printable bytes stand for
+    themselves, the others are shifted to chr(256 + k). This maps those characters back to bytes."""
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
     byte_of_char = {chr(b): b for b in printable}
     n = 0
@@ -322,6 +322,13 @@ def _gpt2_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict[bytes, int]:
         if b not in printable:
             byte_of_char[chr(256 + n)] = b
             n += 1
+    return byte_of_char
+
+
+def _gpt2_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict[bytes, int]:
+    """GPT-2 ships its vocabulary as (merges, encoder.json) over a printable remapping of the 256 bytes.
+    Undo the remapping to get plain byte ranks (what tiktoken's data_gym loader does)."""
+    byte_of_char = gpt2_byte_decoder()
     encoder = json.loads(encoder_json)
     ranks = {}
     for token, rank in encoder.items():

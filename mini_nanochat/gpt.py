@@ -206,6 +206,10 @@ def attend(q, k, v, window: int) -> torch.Tensor:
     gqa = q.size(1) != k.size(1)
     if t_q == t_k and window >= t_k:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if t_q == 1:  # one new token (decoding): it sees the last `window` keys, no mask to build
+        if window < t_k:
+            k, v = k[:, :, t_k - window:], v[:, :, t_k - window:]
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     mask = attention_mask(t_q, t_k, window, device=q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 

@@ -32,8 +32,7 @@ def measure(tok, T: int, B: int, batches: int) -> dict[str, dict[str, float]]:
     docs = tok.encode_batch(list(iter_texts("embedded", "train")), prepend=tok.bos_id)
     budget = batches * B * (T + 1)
     # concat: rows cut from one stream; a row's leading tokens before its first BOS are orphans
-    stream_len, orphan, rows, n_docs = 0, 0, 0, 0
-    pos_in_row = 0
+    stream_len, orphan, n_docs = 0, 0, 0
     for d in docs:
         n_docs += 1
         start_row = stream_len // (T + 1)

@@ -184,8 +184,25 @@ def sample_next(logits: torch.Tensor, generator: torch.Generator, temperature: f
         before = probs.cumsum(-1) - probs  # probability mass strictly before each token
         sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw(torch.softmax(logits, dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """probs (B, V), rows summing to 1 -> one index per row, index i with probability probs[i].
+
+    Inverse-CDF sampling: draw u uniform in [0, total) and take the first index whose running sum
+    exceeds u. One uniform number per row; torch.multinomial instead draws an exponential variate for
+    every vocabulary entry, which cost ~1 ms per step at batch 8 on this CPU (ADR 0026). A token of
+    probability 0 adds nothing to the running sum, so it can never be the first to exceed u.
+
+    >>> draw(torch.tensor([[0.0, 1.0, 0.0]]), torch.Generator().manual_seed(0)).tolist()
+    [1]
+    """
+    cdf = probs.double().cumsum(-1)  # (B, V), float64 so that the running sum is exact enough
+    total = cdf[:, -1:]  # (B, 1)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=torch.float64) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total, even after rounding
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)  # (B,) first i with cdf[i] > u
 
 
 # ====================================================================================================

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_nanochat.gpt import (GPT, GPTConfig, KVCache, apply_rope, attend, attention_mask, attention_reference,
-                               rope_tables, window_sizes)
+                               SPLIT_ROWS_MAX, _use_row_split, rope_tables, row_split_linear, window_sizes)
 
 PRESETS = ["modern", "gpt2", "llama"]
 
@@ -251,3 +251,52 @@ def test_meta_device_build_then_init(preset):
     if preset != "gpt2":
         assert model.blocks[0].attn.c_proj.weight.abs().sum() == 0  # zero-initialised output projections
         assert model.rope_cos.shape == (256 * 8, cfg.head_dim // 2)
+
+
+@pytest.mark.parametrize("out_f, in_f, rows, n", [(6, 4, 1, 2), (256, 256, 1, 2), (1536, 384, 8, 2),
+                                                  (4096, 256, 3, 4), (512, 128, 128, 2)])
+def test_row_split_linear_equals_f_linear(out_f, in_f, rows, n):
+    torch.manual_seed(0)
+    w, x = torch.randn(out_f, in_f) / in_f ** 0.5, torch.randn(rows, 1, in_f)  # outputs ~ N(0, 1)
+    got = row_split_linear(x, w, n)
+    assert got.shape == (rows, 1, out_f) and got.is_contiguous()
+    torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_row_split_only_for_few_row_inference():
+    w = torch.randn(64, 32, requires_grad=True)
+    few, many = torch.randn(4, 32), torch.randn(SPLIT_ROWS_MAX + 1, 32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _use_row_split(few, w) == 0  # autograd is recording: training keeps F.linear
+        with torch.no_grad():
+            assert _use_row_split(few, w) == 2
+            assert _use_row_split(many, w) == 0
+            assert _use_row_split(few, w[:63]) == 0  # 63 output rows do not split in two
+            assert _use_row_split(few.double(), w.double()) == 0
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            assert _use_row_split(few, w) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_decoding_with_and_without_row_split_agrees():
+    """The whole model with 1 thread (plain F.linear) and 2 threads (row-split) gives the same logits."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_depth(2, vocab_size=512, sequence_len=64, head_dim=32, aspect_ratio=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    idx = torch.randint(0, 512, (3, 1))
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            plain = model(idx)
+            torch.set_num_threads(2)
+            split = model(idx)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(split, plain, rtol=1e-5, atol=1e-5)

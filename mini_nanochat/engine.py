@@ -242,7 +242,7 @@ class Engine:
             result = f"error: {type(e).__name__}"
         return [self.output_start] + self.tokenizer.encode(result) + [self.output_end]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # like no_grad, and also skips version counters: ~10-20% less per-op overhead (ADR 0026)
     def generate(self, ids: list[int], num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 42) -> Iterator[list[int]]:
         """Yield, per step, one token per sample (a list of num_samples ints) until every sample has

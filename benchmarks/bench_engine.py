@@ -4,19 +4,29 @@ for depth 4 (width 256) and depth 6 (width 384), vocab 4096, fp32, random weight
 256 new tokens (the no-cache baseline re-runs the whole sequence every step; it is timed over the
 first --nocache-tokens new tokens to keep the run short).
 
-The memory-bandwidth bound: each decode step must read every weight once (4 bytes each in fp32), plus the
-cached keys/values, so tok/s <= batch x bandwidth / bytes per step. ~50 GB/s was measured on this
-project's machines (../shared/anchors.md).
+Every decode figure is the median of --repeats runs (this machine's 2 shared cores vary by ~10% from run
+to run). Two same-run controls sit beside nanochat's figures (measured earlier on this machine, see
+../shared/anchors.md):
+  * "plain": our engine with mini_nanochat.gpt.ROW_SPLIT = False, i.e. every matrix product is one
+    F.linear call, as in nanochat's engine; the ratio ours / plain is what ADR 0026's tricks buy;
+  * "no cache": greedy decoding that re-runs the whole sequence each step.
 
-    python benchmarks/bench_engine.py
+The memory-bandwidth bound: each decode step must read every weight once (4 bytes each in fp32) plus
+the cached keys/values, so tok/s <= batch x bandwidth / bytes per step. The bandwidth is measured in the
+same run (a 256 MB copy, read + write bytes per second, as ../shared/anchors.md measures it: ~51 GB/s).
+
+    python benchmarks/bench_engine.py                 # ~4 min
+    python benchmarks/bench_engine.py --repeats 1     # quicker, noisier
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
+import mini_nanochat.gpt as gpt
 from mini_nanochat.engine import Engine
 from mini_nanochat.gpt import GPT, GPTConfig
 
@@ -31,27 +41,51 @@ class _Tok:
     bos_id = 0
 
 
+def copy_bandwidth(mb: int = 256, reps: int = 5) -> float:
+    """Bytes read + written per second by a large tensor copy (median of reps)."""
+    a = torch.empty(mb * 2**20 // 4)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - t0)
+    return 2 * a.numel() * 4 / statistics.median(times)
+
+
+def decode_rate(engine: Engine, prompt: list[int], batch: int, new: int) -> float:
+    for _ in engine.generate(prompt, num_samples=batch, max_tokens=8, temperature=1.0):
+        pass  # warm-up
+    t0 = time.perf_counter()
+    steps = 0
+    for _ in engine.generate(prompt, num_samples=batch, max_tokens=new, temperature=1.0):
+        steps += 1
+    return steps * batch / (time.perf_counter() - t0)
+
+
+@torch.inference_mode()
 def decode_rate_nocache(model, prompt: torch.Tensor, new: int) -> float:
     ids = prompt
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(new):
-            nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, nxt], 1)
+    for _ in range(new):
+        nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], 1)
     return new * prompt.size(0) / (time.perf_counter() - t0)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depths", default="4,6")
-    p.add_argument("--new", type=int, default=256)
-    p.add_argument("--nocache-tokens", type=int, default=64)
-    p.add_argument("--bandwidth", type=float, default=50e9, help="bytes/s for the bound (anchors: ~51 GB/s)")
+    p.add_argument("--new", type=int, default=256, help="new tokens per decode run")
+    p.add_argument("--nocache-tokens", type=int, default=64, help="new tokens timed for the no-cache baseline")
+    p.add_argument("--repeats", type=int, default=3, help="decode runs per cell; the median is reported")
     args = p.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| depth | width | batch | prefill tok/s | decode tok/s (cache) | vs nanochat | x no-cache | "
-          "bandwidth bound | % of bound | no-cache tok/s (nanochat) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    bandwidth = copy_bandwidth()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+    print("| depth | width | batch | prefill tok/s | decode tok/s (min-max) | vs nanochat | plain F.linear "
+          "(ours / plain) | x no-cache | bandwidth bound | % of bound | no-cache tok/s (nanochat) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for depth in (int(d) for d in args.depths.split(",")):
         torch.manual_seed(0)
         cfg = GPTConfig.from_depth(depth, vocab_size=4096, sequence_len=512, window_pattern="L")
@@ -64,25 +98,26 @@ def main() -> None:
         prompt = torch.randint(1, 4096, (1, 64))
         n_params = sum(prm.numel() for prm in model.parameters())
         for batch in (1, 8):
-            with torch.no_grad():
+            with torch.inference_mode():
                 model(prompt)  # warm-up
                 t0 = time.perf_counter()
                 model(prompt)
                 prefill = 64 / (time.perf_counter() - t0)
-            for _ in engine.generate(prompt[0].tolist(), num_samples=batch, max_tokens=8, temperature=1.0):
-                pass  # warm-up
-            t0 = time.perf_counter()
-            steps = 0
-            for _ in engine.generate(prompt[0].tolist(), num_samples=batch, max_tokens=args.new, temperature=1.0):
-                steps += 1
-            decode = steps * batch / (time.perf_counter() - t0)
+            ours, plain = [], []
+            for _ in range(args.repeats):  # interleaved, so that a slow spell hits both alike
+                ours.append(decode_rate(engine, prompt[0].tolist(), batch, args.new))
+                gpt.ROW_SPLIT = False
+                plain.append(decode_rate(engine, prompt[0].tolist(), batch, args.new))
+                gpt.ROW_SPLIT = True
+            decode, plain_rate = statistics.median(ours), statistics.median(plain)
             nocache = decode_rate_nocache(model, prompt.expand(batch, -1).contiguous(), args.nocache_tokens)
             avg_ctx = 64 + args.new / 2
             kv_bytes = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * avg_ctx * 4 * batch
-            bound = batch * args.bandwidth / (n_params * 4 + kv_bytes)
-            print(f"| {depth} | {cfg.n_embd} | {batch} | {prefill:,.0f} | {decode:,.0f} | "
-                  f"{decode / NANOCHAT[(depth, batch)]:.2f}x | {decode / nocache:.1f}x | {bound:,.0f} | "
-                  f"{100 * decode / bound:.0f}% | {nocache:,.0f} ({NANOCHAT_NOCACHE[(depth, batch)]}) |", flush=True)
+            bound = batch * bandwidth / (n_params * 4 + kv_bytes)
+            print(f"| {depth} | {cfg.n_embd} | {batch} | {prefill:,.0f} | {decode:,.0f} ({min(ours):,.0f}-{max(ours):,.0f}) | "
+                  f"{decode / NANOCHAT[(depth, batch)]:.2f}x | {plain_rate:,.0f} ({decode / plain_rate:.2f}x) | "
+                  f"{decode / nocache:.1f}x | {bound:,.0f} | {100 * decode / bound:.0f}% | "
+                  f"{nocache:,.0f} ({NANOCHAT_NOCACHE[(depth, batch)]}) |", flush=True)
     print("\nnanochat Engine decode on this machine (anchors): d4 311 / 1,312 tok/s (batch 1 / 8), "
           "d6 143 / 684; no cache 58 / 67 and 25 / 27.")
 

@@ -132,6 +132,7 @@ class GPTConfig:
 
 
 SPLIT_ROWS_MAX = 128  # row_split_linear pays off up to here on the 2-core CPU (ADR 0026); MKL threads well beyond
+ROW_SPLIT = True  # set False to compare with plain F.linear (benchmarks/bench_engine.py does)
 
 
 def row_split_linear(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
@@ -157,7 +158,9 @@ def row_split_linear(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
 def _use_row_split(x: torch.Tensor, w: torch.Tensor) -> int:
     """How many blocks for row_split_linear (0 = use F.linear): only for inference on a multi-core CPU,
     fp32, few rows, and output rows that split evenly. Training and GPUs keep the plain call."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+    if not ROW_SPLIT or x.device.type != "cpu" or x.dtype != torch.float32:
+        return 0
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         return 0
     n = torch.get_num_threads()
     if n < 2 or x.numel() > SPLIT_ROWS_MAX * x.size(-1) or w.size(0) % n:

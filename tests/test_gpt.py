@@ -300,3 +300,18 @@ def test_decoding_with_and_without_row_split_agrees():
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(split, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 384), (8, 1, 384), (2, 3, 5, 128), (4, 16, 64)])
+def test_rms_matches_f_rms_norm(shape):
+    """Our hand-written RMSNorm (and Norm with a gain) against torch's F.rms_norm."""
+    from mini_nanochat.gpt import Norm, rms
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3
+    torch.testing.assert_close(rms(x), F.rms_norm(x, (shape[-1],), eps=1e-6), rtol=1e-5, atol=1e-6)
+    norm = Norm(shape[-1], "rmsnorm_affine")
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[-1]))
+    torch.testing.assert_close(norm(x), F.rms_norm(x, (shape[-1],), norm.weight, eps=1e-6), rtol=1e-5, atol=1e-5)
+    tiny_x = torch.full(shape, 1e-8)  # eps keeps an all-but-zero row finite, as in torch
+    torch.testing.assert_close(rms(tiny_x), F.rms_norm(tiny_x, (shape[-1],), eps=1e-6), rtol=1e-5, atol=1e-6)

@@ -27,6 +27,7 @@ import time
 import torch
 
 import mini_nanochat.gpt as gpt
+from mini_nanochat.common import peak_flops
 from mini_nanochat.engine import Engine
 from mini_nanochat.gpt import GPT, GPTConfig
 
@@ -52,19 +53,6 @@ def copy_bandwidth(mb: int = 256, reps: int = 5) -> float:
         b.copy_(a)
         times.append(time.perf_counter() - t0)
     return 2 * a.numel() * 4 / statistics.median(times)
-
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """fp32 2048^3 matrix product, GFLOP/s (median): shows how fast the shared machine is right now
-    (anchors.md measured 186 GFLOP/s and ~51 GB/s when nanochat's figures were taken)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def decode_rate(engine: Engine, prompt: list[int], batch: int, new: int) -> float:
@@ -96,7 +84,8 @@ def main() -> None:
     args = p.parse_args()
     bandwidth = copy_bandwidth()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-          f"fp32 matmul {matmul_gflops():.0f} GFLOP/s (anchors: ~51 GB/s, 186 GFLOP/s)\n")
+          f"fp32 matmul {peak_flops('cpu') / 1e9:.0f} GFLOP/s (anchors: ~51 GB/s, 186 GFLOP/s; shows how fast "
+          "the shared machine is right now)\n")
     print("| depth | width | batch | prefill tok/s | decode tok/s (min-max) | vs nanochat | plain F.linear "
           "(ours / plain) | x no-cache | bandwidth bound | % of bound | no-cache tok/s (nanochat) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

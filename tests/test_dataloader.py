@@ -1,14 +1,16 @@
 """The packing loader: BOS alignment, document order, train/val separation, determinism, exact resume
-(mid-epoch and across epochs, threaded and synchronous), rank disjointness, the validation stream."""
+(mid-epoch and across epochs, threaded and synchronous), rank disjointness, the validation stream, and
+bit-identity with the first, plain-scan version of the packing loop (`reference_generate` below)."""
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 
 import pytest
 import torch
 
-from mini_nanochat.dataloader import DataLoader, build_val_loader
+from mini_nanochat.dataloader import DataLoader, PackingStats, _Cursor, build_val_loader
 from mini_nanochat.dataset import iter_texts
 from mini_nanochat.stages import data
 from mini_nanochat.tokenizer import Tokenizer
@@ -33,6 +35,87 @@ def small_corpus(base_dir, tmp_path_factory):
     data.main(["--corpus", str(folder), "--name", "small", "--rows-per-shard", "16", "--row-group-size", "4",
                "--val-fraction", "0.1"])
     return "small"
+
+
+def reference_generate(loader: DataLoader, start: _Cursor) -> Iterator[tuple[torch.Tensor, dict, PackingStats]]:
+    """The packing loop as first written (2026-11-25), kept as the slow reference the loader must match.
+
+    For every document placed it scans the whole buffer for the largest document that fits (ties: the
+    earliest), or the shortest to crop (ties: the earliest), and builds one torch.tensor per document.
+    It reads the corpus through its own copy of the document stream (epoch order, rank stride) and
+    tokenizes with `encode_batch`, so it depends on the loader only for its settings and open shards.
+    Yields what `DataLoader._generate` yields: (rows (B, T+1), state after the batch, stats delta);
+    `benchmarks/bench_dataloader.py` imports it to time the old algorithm beside the new one.
+    """
+    texts_of: dict[tuple[int, int], list[str]] = {}
+
+    def unit_texts(unit):
+        if unit not in texts_of:
+            texts_of.clear()  # hold one row group at a time (plus those a resumed buffer needs)
+            s, g = unit
+            texts_of[unit] = loader._files[s].read_row_group(g, columns=["text"]).column("text").to_pylist()
+        return texts_of[unit]
+
+    def epoch_units(epoch):
+        order = list(loader._units)
+        if loader.shuffle:
+            random.Random(f"{loader.seed}/{epoch}").shuffle(order)
+        return order[loader.rank::loader.world_size]
+
+    def next_docs(cur, n):
+        units = epoch_units(cur.epoch)
+        while cur.unit >= len(units):
+            cur.epoch, cur.unit, cur.row = cur.epoch + 1, 0, 0
+            units = epoch_units(cur.epoch)
+        unit = units[cur.unit]
+        texts = unit_texts(unit)
+        ids = [(unit[0], unit[1], r) for r in range(cur.row, min(cur.row + n, len(texts)))]
+        cur.row += len(ids)
+        if cur.row >= len(texts):
+            cur.unit, cur.row = cur.unit + 1, 0
+        return ids
+
+    def tokenize(doc_ids):
+        texts = [unit_texts((s, g))[r] for s, g, r in doc_ids]
+        return loader.tokenizer.encode_batch(texts, prepend=loader.bos)
+
+    cur = _Cursor(start.epoch, start.unit, start.row, list(start.buffer))
+    buf_ids = list(cur.buffer)
+    buf_tok = tokenize(buf_ids) if buf_ids else []
+    cap = loader.T + 1
+    while True:
+        rows = torch.empty((loader.B, cap), dtype=torch.long)
+        d = PackingStats()
+        for b in range(loader.B):
+            col = 0
+            while col < cap:
+                while len(buf_ids) < loader.buffer_size:
+                    new = next_docs(cur, loader.tokenizer_batch_size)
+                    buf_ids += new
+                    buf_tok += tokenize(new)
+                space = cap - col
+                best, best_len = -1, 0
+                for i, t in enumerate(buf_tok):  # largest document that fits entirely
+                    if best_len < len(t) <= space:
+                        best, best_len = i, len(t)
+                if best >= 0:
+                    tokens = buf_tok.pop(best)
+                    buf_ids.pop(best)
+                    rows[b, col:col + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                    col += len(tokens)
+                    d.doc_tokens_taken += len(tokens)
+                else:  # nothing fits: crop the shortest document to fill the row exactly
+                    i = min(range(len(buf_tok)), key=lambda k: len(buf_tok[k]))
+                    tokens = buf_tok.pop(i)
+                    buf_ids.pop(i)
+                    rows[b, col:] = torch.tensor(tokens[:space], dtype=torch.long)
+                    col = cap
+                    d.doc_tokens_taken += len(tokens)
+                    d.cropped_tokens += len(tokens) - space
+                d.docs += 1
+        d.rows, d.row_tokens = loader.B, loader.B * cap
+        cur.buffer = list(buf_ids)
+        yield rows, cur.as_dict(), d
 
 
 def segments(row: list[int], bos: int) -> list[list[int]]:
@@ -145,6 +228,44 @@ def test_val_loader_fixed_budget_and_deterministic(tok, base_dir):
         for row in rows_of(x, y):
             for seg in segments(row, tok.bos_id)[:-1]:
                 assert tuple(seg) in val_docs
+
+
+@pytest.mark.parametrize("corpus, B, T, buffer_size, batches, prefetch", [
+    ("embedded", 8, 128, 1000, 200, 0),    # rows of a few documents; the crop path is frequent
+    ("embedded", 2, 1024, 1000, 200, 2),   # long rows, many exact fits
+    ("small", 4, 32, 8, 150, 2),           # a tiny buffer over many epochs of the small corpus
+])
+def test_identical_to_reference(tok, small_corpus, corpus, B, T, buffer_size, batches, prefetch):
+    """The loader yields the same batches, states and counters as `reference_generate`, on both ranks
+    of 2, including a loader resumed from a state saved in the middle."""
+    kw = dict(corpus=corpus, seed=5, world_size=2, buffer_size=buffer_size,
+              tokenizer_batch_size=4 if corpus == "small" else 128)
+    fixed = ("version", "rank", "world_size", "seed", "split", "B", "T")
+    for rank in range(2):
+        ref_loader = DataLoader(tok, B, T, rank=rank, prefetch=0, **kw)  # supplies settings and shards
+        ref = reference_generate(ref_loader, _Cursor())
+        loader = DataLoader(tok, B, T, rank=rank, prefetch=prefetch, **kw)
+        taken = PackingStats()
+        for i in range(batches):
+            if i == batches // 2:  # resume a fresh loader from the state after batch i - 1
+                state = json.loads(json.dumps(loader.state_dict()))
+                loader.close()
+                loader = DataLoader(tok, B, T, rank=rank, prefetch=prefetch, **kw)
+                loader.load_state_dict(state)
+                taken = PackingStats()
+                loader.stats = PackingStats()
+            rows, ref_state, d = next(ref)
+            x, y = next(loader)
+            assert torch.equal(x, rows[:, :-1]) and torch.equal(y, rows[:, 1:]), (rank, i)
+            state = loader.state_dict()
+            assert {k: v for k, v in state.items() if k not in fixed} == ref_state, (rank, i)
+            for k in ("rows", "row_tokens", "doc_tokens_taken", "cropped_tokens", "docs"):
+                setattr(taken, k, getattr(taken, k) + getattr(d, k))
+            assert loader.stats == taken, (rank, i)
+        if corpus == "small":
+            assert state["epoch"] >= 3  # the comparison crossed epoch boundaries
+        loader.close()
+        ref_loader.close()
 
 
 def test_bad_arguments(tok, base_dir):

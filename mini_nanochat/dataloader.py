@@ -27,9 +27,11 @@ the consumer has actually received, not how far the thread has run ahead.
 """
 from __future__ import annotations
 
+import bisect
 import queue
 import random
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -69,6 +71,72 @@ class _Cursor:
 
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "unit": self.unit, "row": self.row, "buffer": [list(d) for d in self.buffer]}
+
+
+class _PackingBuffer:
+    """The documents waiting to be packed, filed by length so that best-fit needs no scan.
+
+    The rule, with its tie-breaks (the first version scanned a list for it; tests/test_dataloader.py
+    keeps that scan as the reference the loader must match bit for bit):
+
+      * pop_best_fit(space): the LONGEST document with length <= space; among equal lengths, the one
+        added first. None if every document is longer than `space`.
+      * pop_shortest(): the SHORTEST document; among equal lengths, the one added first.
+
+    How: `_by_len` maps a length to the documents of that length in the order they were added, and
+    `_lengths` keeps the distinct lengths sorted, so "longest <= space" is one binary search (bisect)
+    instead of a pass over ~1,000 documents for every document placed. `_docs` (a dict, so it remembers
+    insertion order) holds every waiting document; `doc_ids()` lists them in the order they were added,
+    exactly as the scanned list held them: that list is the resume state.
+
+    >>> buf = _PackingBuffer()
+    >>> for row, tokens in enumerate([[1, 2, 3], [4, 5], [6, 7]]):
+    ...     buf.add((0, 0, row), tokens)
+    >>> buf.pop_best_fit(2)  # two documents of length 2 fit: the one added first wins
+    [4, 5]
+    >>> buf.pop_best_fit(1) is None  # none is that short
+    True
+    >>> buf.pop_shortest()
+    [6, 7]
+    >>> buf.doc_ids()
+    [(0, 0, 0)]
+    """
+
+    def __init__(self):
+        self._docs: dict[int, tuple[DocId, list[int]]] = {}  # arrival number -> (id, tokens)
+        self._by_len: dict[int, deque[int]] = {}  # length -> arrival numbers, oldest first
+        self._lengths: list[int] = []  # the distinct lengths in _by_len, ascending
+        self._arrivals = 0
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def add(self, doc_id: DocId, tokens: list[int]) -> None:
+        n = len(tokens)
+        if n not in self._by_len:
+            bisect.insort(self._lengths, n)
+            self._by_len[n] = deque()
+        self._by_len[n].append(self._arrivals)
+        self._docs[self._arrivals] = (doc_id, tokens)
+        self._arrivals += 1
+
+    def pop_best_fit(self, space: int) -> list[int] | None:
+        k = bisect.bisect_right(self._lengths, space) - 1  # index of the largest length <= space
+        return self._pop(k) if k >= 0 else None
+
+    def pop_shortest(self) -> list[int]:
+        return self._pop(0)
+
+    def doc_ids(self) -> list[DocId]:
+        return [doc_id for doc_id, _ in self._docs.values()]
+
+    def _pop(self, k: int) -> list[int]:
+        n = self._lengths[k]
+        same_length = self._by_len[n]
+        arrival = same_length.popleft()
+        if not same_length:  # that length is gone from the buffer
+            del self._by_len[n], self._lengths[k]
+        return self._docs.pop(arrival)[1]
 
 
 class DataLoader:
@@ -152,44 +220,39 @@ class DataLoader:
     # ---- packing ---------------------------------------------------------------------------------
     def _generate(self, start: _Cursor) -> Iterator[tuple[torch.Tensor, dict, PackingStats]]:
         """Yield (rows (B, T+1), state after this batch, stats delta) forever, starting from `start`."""
-        cur = _Cursor(start.epoch, start.unit, start.row, list(start.buffer))
+        cur = _Cursor(start.epoch, start.unit, start.row)  # the reading position; it moves as we read
         # Re-create the buffer of a resumed state: same documents, same order, same tokens.
-        buf_ids: list[DocId] = list(cur.buffer)
-        buf_tok: list[list[int]] = self._tokenize(buf_ids) if buf_ids else []
+        buf = _PackingBuffer()
+        if start.buffer:
+            for doc_id, tokens in zip(start.buffer, self._tokenize(start.buffer)):
+                buf.add(doc_id, tokens)
         cap = self.T + 1
         while True:
             rows = torch.empty((self.B, cap), dtype=torch.long)
+            out = rows.numpy()  # a view of the same memory: numpy copies a token list in one call
             d = PackingStats()
             for b in range(self.B):
                 col = 0
                 while col < cap:
-                    while len(buf_ids) < self.buffer_size:
+                    while len(buf) < self.buffer_size:
                         new = self._next_docs(cur, self.tokenizer_batch_size)
-                        buf_ids += new
-                        buf_tok += self._tokenize(new)
+                        for doc_id, tokens in zip(new, self._tokenize(new)):
+                            buf.add(doc_id, tokens)
                     space = cap - col
-                    best, best_len = -1, 0
-                    for i, t in enumerate(buf_tok):  # largest document that fits entirely
-                        if best_len < len(t) <= space:
-                            best, best_len = i, len(t)
-                    if best >= 0:
-                        tokens = buf_tok.pop(best)
-                        buf_ids.pop(best)
-                        rows[b, col:col + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                    tokens = buf.pop_best_fit(space)  # the largest document that fits entirely
+                    if tokens is not None:
+                        out[b, col:col + len(tokens)] = tokens
                         col += len(tokens)
                         d.doc_tokens_taken += len(tokens)
                     else:  # nothing fits: crop the shortest document to fill the row exactly
-                        i = min(range(len(buf_tok)), key=lambda k: len(buf_tok[k]))
-                        tokens = buf_tok.pop(i)
-                        buf_ids.pop(i)
-                        rows[b, col:] = torch.tensor(tokens[:space], dtype=torch.long)
+                        tokens = buf.pop_shortest()
+                        out[b, col:] = tokens[:space]
                         col = cap
                         d.doc_tokens_taken += len(tokens)
                         d.cropped_tokens += len(tokens) - space
                     d.docs += 1
             d.rows, d.row_tokens = self.B, self.B * cap
-            cur.buffer = list(buf_ids)
-            yield rows, cur.as_dict(), d
+            yield rows, _Cursor(cur.epoch, cur.unit, cur.row, buf.doc_ids()).as_dict(), d
 
     # ---- iteration, with a background producer ----------------------------------------------------
     def _producer(self, start: _Cursor, q: queue.Queue, stop: threading.Event) -> None:
@@ -235,6 +298,9 @@ class DataLoader:
         self._cursor = _Cursor(state["epoch"], state["unit"], state["row"], [tuple(x) for x in state["buffer"]])
         for k in ("rows", "row_tokens", "doc_tokens_taken", "cropped_tokens", "docs"):
             setattr(self.stats, k, getattr(self.stats, k) + getattr(d, k))
+        # On CUDA: copy the batch once into pinned (page-locked) host memory, so that the copy to the GPU
+        # can be asynchronous (non_blocking) and overlap the step. Elsewhere non_blocking buys nothing, and
+        # .to("cpu") returns the same tensor without a copy.
         use_cuda = self.device.type == "cuda"
         if use_cuda:
             rows = rows.pin_memory()

@@ -214,8 +214,11 @@ class DataLoader:
         for s, g, _ in doc_ids:
             if (s, g) not in loaded:
                 loaded[(s, g)] = self._unit_texts((s, g))
-        texts = [loaded[(s, g)][r] for s, g, r in doc_ids]
-        return self.tokenizer.encode_batch(texts, prepend=self.bos)
+        # One encode call per document, in this thread. Not encode_batch: for ~128 documents its pool of 8
+        # threads (a new pool per call) cost more than it saved on 2 cores: 2.5M vs 3.7M tok/s measured
+        # (benchmarks/README.md). tiktoken releases the GIL while it encodes, so the training step
+        # still runs meanwhile.
+        return [self.tokenizer.encode(loaded[(s, g)][r], prepend=self.bos) for s, g, r in doc_ids]
 
     # ---- packing ---------------------------------------------------------------------------------
     def _generate(self, start: _Cursor) -> Iterator[tuple[torch.Tensor, dict, PackingStats]]:

@@ -264,16 +264,21 @@ class DataLoader:
     def _producer(self, start: _Cursor, q: queue.Queue, stop: threading.Event) -> None:
         try:
             for item in self._generate(start):
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not self._put(q, item, stop):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            q.put(e)
+            self._put(q, e, stop)  # not a plain q.put: with the queue full and close() waiting, it would hang
+
+    @staticmethod
+    def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+        """Put `item` when there is room; give up (False) as soon as `stop` is set."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _stop_thread(self) -> None:
         if self._thread is not None:

@@ -268,6 +268,33 @@ def test_identical_to_reference(tok, small_corpus, corpus, B, T, buffer_size, ba
         ref_loader.close()
 
 
+def test_producer_error_reaches_consumer_and_close_never_hangs(tok, base_dir):
+    """An error in the background thread is raised by next(), after the batches made before it; and
+    close() returns even when the thread failed while the queue was full (nobody reading it)."""
+    import threading
+    import time
+
+    class Failing(DataLoader):
+        def _generate(self, start):
+            for i, item in enumerate(super()._generate(start)):
+                if i == 3:
+                    raise RuntimeError("corrupt shard")
+                yield item
+
+    loader = Failing(tok, 2, 32, prefetch=2)
+    for _ in range(3):
+        next(loader)
+    with pytest.raises(RuntimeError, match="corrupt shard"):
+        next(loader)
+    loader = Failing(tok, 2, 32, prefetch=2)
+    next(loader)  # starts the thread; it fills the queue (2 batches), then fails with nobody reading
+    time.sleep(0.5)
+    closer = threading.Thread(target=loader.close, daemon=True)
+    closer.start()
+    closer.join(timeout=5)
+    assert not closer.is_alive(), "close() hung on a producer that failed with the queue full"
+
+
 def test_bad_arguments(tok, base_dir):
     with pytest.raises(ValueError):
         DataLoader(tok, 0, 32)

@@ -295,6 +295,18 @@ def test_producer_error_reaches_consumer_and_close_never_hangs(tok, base_dir):
     assert not closer.is_alive(), "close() hung on a producer that failed with the queue full"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_equal_cpu_batches(tok, base_dir):
+    """On CUDA the batch is pinned and copied with non_blocking=True: the tokens must arrive unchanged."""
+    cpu = DataLoader(tok, 4, 64, seed=7, device="cpu")
+    gpu = DataLoader(tok, 4, 64, seed=7, device="cuda")
+    for _ in range(20):
+        (xc, yc), (xg, yg) = next(cpu), next(gpu)
+        assert xg.device.type == "cuda" and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+    cpu.close()
+    gpu.close()
+
+
 def test_bad_arguments(tok, base_dir):
     with pytest.raises(ValueError):
         DataLoader(tok, 0, 32)

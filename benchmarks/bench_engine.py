@@ -7,7 +7,7 @@ first --nocache-tokens new tokens to keep the run short).
 Every decode figure is the median of --repeats runs (this machine's 2 shared cores vary by ~10% from run
 to run). Two same-run controls sit beside nanochat's figures (measured earlier on this machine, see
 ../shared/anchors.md):
-  * "plain": our engine with mini_nanochat.gpt.ROW_SPLIT = False, i.e. every matrix product is one
+  * "plain": our engine with mini_nanochat.fast_decode.ROW_SPLIT = False, i.e. every matrix product is one
     F.linear call, as in nanochat's engine; the ratio ours / plain is what ADR 0026's tricks buy;
   * "no cache": greedy decoding that re-runs the whole sequence each step.
 
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-import mini_nanochat.gpt as gpt
+import mini_nanochat.fast_decode as fast_decode
 from mini_nanochat.common import peak_flops
 from mini_nanochat.engine import Engine
 from mini_nanochat.gpt import GPT, GPTConfig
@@ -109,9 +109,9 @@ def main() -> None:
             ours, plain = [], []
             for _ in range(args.repeats):  # interleaved, so that a slow spell hits both alike
                 ours.append(decode_rate(engine, prompt[0].tolist(), batch, args.new))
-                gpt.ROW_SPLIT = False
+                fast_decode.ROW_SPLIT = False
                 plain.append(decode_rate(engine, prompt[0].tolist(), batch, args.new))
-                gpt.ROW_SPLIT = True
+                fast_decode.ROW_SPLIT = True
             decode, plain_rate = statistics.median(ours), statistics.median(plain)
             nocache = decode_rate_nocache(model, prompt.expand(batch, -1).contiguous(), args.nocache_tokens)
             avg_ctx = 64 + args.new / 2

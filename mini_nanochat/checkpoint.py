@@ -100,22 +100,34 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     return final
 
 
-def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, optimizer=None,
-                    restore_rng: bool = True) -> dict:
-    """Load a checkpoint directory into `model` / `optimizer` (if given). Returns the training state:
-    {"step", "loader", "meta"}. Raises CheckpointError with a clear message on a missing/corrupt file."""
+def _load_weights(path: Path, model: torch.nn.Module) -> None:
+    """safetensors -> host memory -> copied into the model's parameters, wherever they live (each rank's
+    own GPU, or the CPU): a checkpoint written on any device loads on any other."""
     from safetensors.torch import load_file
 
+    weights = load_file(str(path / "model.safetensors"), device="cpu")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); is the model config the same?")
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None, optimizer=None,
+                    restore_rng: bool = True) -> dict:
+    """Load a checkpoint directory into `model` / `optimizer` (if given) to continue training. Returns
+    the training state: {"step", "loader", "meta", "optimizer"}. Raises CheckpointError with a clear
+    message on a missing/corrupt file.
+
+    optim.pt is read with map_location="cpu": tensors saved from a GPU would otherwise be restored onto
+    that GPU, which fails on a machine without one (and puts every rank's copy on GPU 0). The optimizer's
+    load_state_dict then moves each state tensor to its parameter's device. For inference, use
+    load_model, which does not read optim.pt at all."""
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         if model is not None:
-            weights = load_file(str(path / "model.safetensors"))
-            missing, unexpected = model.load_state_dict(weights, strict=False)
-            if missing or unexpected:
-                raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:3]}, "
-                                      f"unexpected {unexpected[:3]}); is the model config the same?")
-        state = torch.load(path / "optim.pt", weights_only=True)
+            _load_weights(path, model)
+        state = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - I/O, JSON, unpickling, safetensors: all mean "corrupt or missing"
@@ -129,3 +141,60 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
         py = state["rng"]["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
     return {"step": state["step"], "loader": state.get("loader"), "meta": meta, "optimizer": state.get("optimizer")}
+
+
+def find_checkpoint(source: str | os.PathLike) -> Path:
+    """A checkpoint directory from a run directory (its latest checkpoint) or a checkpoint directory."""
+    source = Path(source)
+    if (source / "meta.json").is_file() and (source / "model.safetensors").is_file():
+        return source
+    ck = latest_checkpoint(source)
+    if ck is None:
+        raise CheckpointError(f"no checkpoint in {source}")
+    return ck
+
+
+def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               tokenizer: bool = True):
+    """Build the model of a run for inference or fine-tuning: (model, tokenizer, meta).
+
+    `source` is a run directory (its latest checkpoint is used) or one checkpoint directory. Reads
+    meta.json (the model config, the tokenizer's name) and model.safetensors only: the optimizer state,
+    often twice the size of the weights, is never read. The model is built on `device` with the compute
+    dtype of that device (common.compute_dtype, or `dtype`) and returned in eval mode; meta gains
+    "checkpoint" (the directory used). With tokenizer=True the run's tokenizer is loaded and checked
+    against the model's vocabulary. Raises CheckpointError with a message for the user.
+
+        model, tok, meta = load_model(get_base_dir() / "runs" / "speedrun", "cuda")
+    """
+    from .common import compute_dtype
+    from .gpt import GPT, GPTConfig
+
+    ck = find_checkpoint(source)
+    try:
+        meta = json.loads((ck / "meta.json").read_text(encoding="utf-8"))
+        config = GPTConfig.from_dict(meta["model_config"])
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {ck}: meta.json is missing or corrupt ({type(e).__name__}: {e})") from e
+    device = str(device)
+    model = GPT(config, device=device, compute_dtype=dtype or compute_dtype(device))
+    try:
+        _load_weights(ck, model)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {ck}: model.safetensors is missing or corrupt ({type(e).__name__}: {e})") from e
+    tok = None
+    if tokenizer:
+        from .tokenizer import get_tokenizer
+
+        name = meta.get("tokenizer", "default")
+        try:
+            tok = get_tokenizer(name)
+        except Exception as e:  # noqa: BLE001 - a missing or unreadable tokenizer directory
+            raise CheckpointError(f"checkpoint {ck} needs tokenizer {name!r}, which could not be loaded "
+                                  f"({type(e).__name__}: {e})") from e
+        if tok.vocab_size != config.vocab_size:
+            raise CheckpointError(f"tokenizer {name!r} has {tok.vocab_size} tokens but the model expects "
+                                  f"{config.vocab_size}; was the tokenizer retrained after this run?")
+    return model.eval(), tok, {**meta, "checkpoint": str(ck)}

@@ -133,19 +133,57 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# Dense matrix-product peaks (FLOP/s) of common GPUs, from the vendors' data sheets, for MFU.
-GPU_PEAK_FLOPS = {
-    "H100": {"bf16": 989e12, "fp32": 67e12},  # SXM; the PCIe card is ~25% lower
-    "A100": {"bf16": 312e12, "fp32": 19.5e12},
-    "L4": {"bf16": 121e12, "fp32": 30e12},
-    "RTX 4090": {"bf16": 165e12, "fp32": 83e12},
-    "RTX 3090": {"bf16": 71e12, "fp32": 36e12},
-}
+# Dense (no sparsity) matrix-product peaks of known accelerators, FLOP/s, from the vendors' data sheets, for
+# MFU. Checked in order; a pattern is a regex on torch.cuda.get_device_name(), e.g. "NVIDIA H100 80GB HBM3"
+# (the SXM card), "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA L4" (not "NVIDIA L40S").
+# "tf32" is the fp32 peak when TF32 tensor cores are allowed (we allow them on CUDA, see setup_device).
+# A data sheet's "with sparsity" figures are twice these. An accelerator that is not listed gets no
+# peak at all (MFU "unknown"): a guessed peak gives a wrong MFU that looks right.
+GPU_PEAK_FLOPS = [
+    # pattern                   bf16      tf32      fp32
+    (r"H100.*NVL|H100 NVL",     (835e12,  418e12,   60e12)),   # H100 NVL data sheet (per GPU)
+    (r"H100.*PCIe",             (756e12,  378e12,   51e12)),   # H100 PCIe
+    (r"H100",                   (989e12,  495e12,   67e12)),   # H100 SXM5 ("H100 80GB HBM3")
+    (r"H200.*NVL",              (835e12,  418e12,   60e12)),   # H200 NVL
+    (r"H200",                   (989e12,  495e12,   67e12)),   # H200 SXM (same compute as H100 SXM)
+    (r"\bA100\b",               (312e12,  156e12,   19.5e12)),  # A100 SXM4 and PCIe, 40 and 80 GB
+    (r"L40S",                   (362e12,  183e12,   91.6e12)),  # L40S
+    (r"\bL40\b",                (181e12,  90.5e12,  90.5e12)),  # L40
+    (r"\bL4\b",                 (121e12,  60e12,    30.3e12)),  # L4
+    (r"\bA10\b",                (125e12,  62.5e12,  31.2e12)),  # A10 (not the A10G, whose clocks differ)
+    (r"RTX 4090",               (165e12,  82.6e12,  82.6e12)),  # GeForce RTX 4090 (bf16 with fp32 accumulate)
+    (r"RTX 3090",               (71e12,   35.6e12,  35.6e12)),  # GeForce RTX 3090
+]
 
 
-def peak_flops(device: str, dtype=None) -> float:
-    """The matrix-product peak that MFU is measured against: the data-sheet figure for a known GPU, else
-    measured here (median of 3 products of 2048x2048 matrices, as ../shared/anchors.md measures; ~0.5 s on a CPU)."""
+def gpu_peak_flops(name: str, dtype) -> float | None:
+    """The data-sheet peak of the GPU called `name` for products in `dtype` (bf16/fp16, or fp32 with
+    TF32 allowed), or None when the GPU is not in GPU_PEAK_FLOPS.
+
+    >>> import torch
+    >>> gpu_peak_flops("NVIDIA H100 80GB HBM3", torch.bfloat16), gpu_peak_flops("NVIDIA L4", torch.bfloat16)
+    (989000000000000.0, 121000000000000.0)
+    >>> gpu_peak_flops("NVIDIA L40S", torch.bfloat16), gpu_peak_flops("Some Future GPU", torch.bfloat16)
+    (362000000000000.0, None)
+    """
+    import re
+
+    import torch
+
+    for pattern, (bf16, tf32, fp32) in GPU_PEAK_FLOPS:
+        if re.search(pattern, name):
+            if dtype in (torch.bfloat16, torch.float16):
+                return bf16
+            return tf32 if torch.backends.cuda.matmul.allow_tf32 else fp32
+    return None
+
+
+def peak_flops(device: str, dtype=None) -> float | None:
+    """The matrix-product peak that MFU is measured against: on a GPU the data-sheet figure of a known
+    model (gpu_peak_flops), None for an unknown one; on a CPU measured here (median of 3 products of
+    2048x2048 matrices, as ../shared/anchors.md measures; ~0.5 s), since CPUs differ too much for a
+    table; None on MPS. Timing one product on a GPU is no substitute for the data sheet: on an H200 it
+    gave 396 TFLOP/s, 40% of the 989 that MFU is quoted against (issue #11)."""
     import statistics
     import time
 
@@ -153,24 +191,44 @@ def peak_flops(device: str, dtype=None) -> float:
 
     dtype = dtype or torch.float32
     if device.startswith("cuda"):
-        name = torch.cuda.get_device_name()
-        for key, table in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return table["fp32" if dtype == torch.float32 else "bf16"]
+        return gpu_peak_flops(torch.cuda.get_device_name(device), dtype)
+    if device != "cpu":
+        return None
     n = 2048
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     times = []
     for _ in range(3):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
         t0 = time.perf_counter()
         torch.mm(a, b)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times)
+
+
+def synchronize(device) -> None:
+    """Wait until the device has finished the work queued so far. CUDA (and MPS) run asynchronously: the
+    host queues kernels and moves on, so a clock read without this measures the queueing, not the work."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
+
+
+def setup_device(device: str) -> None:
+    """Per-process switches for a device. On CUDA: allow TF32 tensor cores for fp32 matrix products
+    (10 mantissa bits instead of 23 for the product inputs, accumulation still fp32; ~7x the fp32 peak on
+    an H100). It matters for what still runs in fp32 when the model computes in bf16, and for fp32 runs.
+    Measured on an H200: our d20 step went from 98,800 to 142,800 tok/s with it (issue #11, ADR 0027)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def seed_everything(seed: int) -> None:

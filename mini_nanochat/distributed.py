@@ -15,6 +15,13 @@ Parameters are dealt to ranks largest first, each to the least-loaded rank, to b
 
 Both modes compute exactly what one process computes with gradient accumulation over the same batches
 (tests/test_distributed.py checks it to 1e-5 with 2 processes on CPU, gloo).
+
+Every tensor collective goes through the helpers here (all_reduce, reduce, broadcast), which check that
+the tensor lives on the training device: NCCL, the GPU backend, refuses CPU tensors, so a loss or a
+counter left on the CPU would stop an 8-GPU run at its first collective, while gloo on a CPU machine
+would never notice. tests/test_distributed.py runs the training step, the evaluation and the
+checkpoint gathers under 2 gloo ranks with the default device set to "meta", so that any tensor created
+without an explicit device is caught there, as NCCL would catch it on GPUs (ADR 0027).
 """
 from __future__ import annotations
 
@@ -27,17 +34,57 @@ import torch.distributed as dist
 from .common import DistInfo, get_dist_info
 
 
+_DEVICE: torch.device | None = None  # the training device of this process, set by init_distributed
+
+
 def init_distributed(device: str, timeout_s: float = 300.0) -> DistInfo:
-    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU). A no-op for a single process.
-    `timeout_s` bounds how long a collective waits for a rank that died: the job then fails with a
-    message instead of hanging forever."""
+    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU) and remember the training
+    device that every collective must use. A no-op for a single process. `timeout_s` bounds how long a
+    collective waits for a rank that died: the job then fails with a message instead of hanging forever.
+    On CUDA, `device` must be this rank's GPU (`cuda:LOCAL_RANK`, see device_for_rank)."""
+    global _DEVICE
     info = get_dist_info()
+    _DEVICE = torch.device(device)
     if info.world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if device.startswith("cuda"):
-            torch.cuda.set_device(info.local_rank)
+        backend = "nccl" if _DEVICE.type == "cuda" else "gloo"
+        if _DEVICE.type == "cuda":
+            torch.cuda.set_device(_DEVICE)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return info
+
+
+def device_for_rank(device: str) -> str:
+    """Each rank on its own GPU: "cuda" becomes "cuda:LOCAL_RANK" under torchrun; other devices unchanged."""
+    info = get_dist_info()
+    if device == "cuda" and info.world_size > 1:
+        return f"cuda:{info.local_rank}"
+    return device
+
+
+def _check(t: torch.Tensor) -> torch.Tensor:
+    if _DEVICE is not None and t.device != _DEVICE:
+        raise RuntimeError(f"a collective got a tensor on {t.device}, but this rank trains on {_DEVICE}: "
+                           f"create it on the training device (NCCL refuses CPU tensors)")
+    return t
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In place: t becomes the sum (or "avg") over ranks. Unchanged in a single process."""
+    if is_distributed():
+        dist.all_reduce(_check(t), op=dist.ReduceOp.SUM)
+        if op == "avg":
+            t.div_(dist.get_world_size())
+    return t
+
+
+def reduce(t: torch.Tensor, dst: int) -> None:
+    if is_distributed():
+        dist.reduce(_check(t), dst=dst, op=dist.ReduceOp.SUM)
+
+
+def broadcast(t: torch.Tensor, src: int) -> None:
+    if is_distributed():
+        dist.broadcast(_check(t), src=src)
 
 
 def is_distributed() -> bool:
@@ -46,9 +93,8 @@ def is_distributed() -> bool:
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
     """Make every rank start from rank 0's weights."""
-    if is_distributed():
-        for p in model.parameters():
-            dist.broadcast(p.data, src=0)
+    for p in model.parameters():
+        broadcast(p.data, src=0)
 
 
 def assign_owners(params: list[torch.nn.Parameter], world_size: int) -> list[int]:
@@ -90,10 +136,9 @@ class GradSync:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             if self.mode == "ddp":
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad.div_(self.world)
+                all_reduce(p.grad, "avg")
             else:
-                dist.reduce(p.grad, dst=self.owners[i], op=dist.ReduceOp.SUM)
+                reduce(p.grad, dst=self.owners[i])
                 if self.owners[i] == self.rank:
                     p.grad.div_(self.world)
                 else:
@@ -102,7 +147,7 @@ class GradSync:
     def after_step(self) -> None:
         if self.active and self.mode == "zero2":
             for i, p in enumerate(self.params):
-                dist.broadcast(p.data, src=self.owners[i])
+                broadcast(p.data, src=self.owners[i])
 
     def full_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
         """The optimizer's state_dict with every parameter's state, gathered from the owners (zero2), in
@@ -142,7 +187,12 @@ def barrier() -> None:
 
 
 def destroy() -> None:
+    """Leave the process group. The barrier first lets every rank finish its last collective: a rank that
+    tore down its gloo connections while its peer was still using them was seen to abort at exit
+    ("terminate called without an active exception") in our 2-rank tests."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -6,6 +6,9 @@ The inference engine: KV-cached decoding, batched sampling from one prompt, and 
         ...                                   # one token per sample per step (a list of num_samples ints)
     results, masks = engine.generate_batch(ids, num_samples=4, max_tokens=64)
 
+Decoding speed tricks (row-split products on CPU, CUDA graphs on GPU) live in fast_decode.py, switched by
+`Engine(..., fast=True)`, the default.
+
 Decoding with a cache: the prompt is run through the model once (prefill), filling the per-layer keys and
 values; each new token then costs one position of compute instead of re-running the whole sequence. The
 prefilled cache is copied into every sample's row, so N samples share one prefill.
@@ -222,15 +225,25 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, model, tokenizer):
+    """Generation from a GPT and its tokenizer. `fast` is the one switch for decode speed tricks: True
+    (default) decodes with mini_nanochat/fast_decode.py (row-split products on a CPU, a CUDA graph of
+    the one-token step with a static KV cache on a GPU); False runs the model's own forward with its
+    KV cache, the readable path. Both give the same tokens (tests/test_fast_decode.py)."""
+
+    MAX_GRAPHS = 4  # CUDA graphs kept, one per (batch, cache length): each holds its own KV cache
+
+    def __init__(self, model, tokenizer, fast: bool = True):
         self.model = model
         self.tokenizer = tokenizer
+        self.fast = fast
         sp = tokenizer.special_tokens
         self.bos = tokenizer.bos_id
         self.assistant_end = sp.get("<|assistant_end|>")
         self.python_start, self.python_end = sp.get("<|python_start|>"), sp.get("<|python_end|>")
         self.output_start, self.output_end = sp.get("<|output_start|>"), sp.get("<|output_end|>")
         self.stop_ids = {t for t in (self.bos, self.assistant_end) if t is not None}
+        self._graphs: dict[tuple[int, int], object] = {}  # (batch, max_len) -> GraphedDecoder
+        self.graph_error: str | None = None  # why CUDA graphs are off, if they failed once
 
     def _tool_output(self, row: _Row) -> list[int]:
         expr = self.tokenizer.decode(row.python_tokens)
@@ -242,6 +255,29 @@ class Engine:
             result = f"error: {type(e).__name__}"
         return [self.output_start] + self.tokenizer.encode(result) + [self.output_end]
 
+    def _graph_decoder(self, batch: int, needed: int):
+        """A GraphedDecoder whose static cache holds `needed` positions (rounded up to a power of two, at
+        least 256, at most the model's limit, so that a few graphs serve every request); None when CUDA
+        graphs are unavailable (the reason is kept in self.graph_error and printed once)."""
+        from .fast_decode import GraphedDecoder
+
+        if self.graph_error is not None:
+            return None
+        limit = self.model.config.max_positions
+        max_len = min(limit, max(256, 1 << (needed - 1).bit_length()))
+        key = (batch, max_len)
+        if key not in self._graphs:
+            try:
+                dec = GraphedDecoder(self.model, batch, max_len)
+            except Exception as e:  # noqa: BLE001 - any capture/compile failure: decode without graphs
+                self.graph_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                print(f"engine: CUDA graphs unavailable ({self.graph_error}); decoding without them")
+                return None
+            while len(self._graphs) >= self.MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[key] = dec
+        return self._graphs[key]
+
     @torch.inference_mode()  # like no_grad, and also skips version counters: ~10-20% less per-op overhead (ADR 0026)
     def generate(self, ids: list[int], num_samples: int = 1, max_tokens: int = 256, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 42) -> Iterator[list[int]]:
@@ -249,11 +285,13 @@ class Engine:
         stopped (assistant_end or bos) or max_tokens steps. A finished sample's later entries repeat its
         stop token. As it runs, `self.last_tokens` / `self.last_masks` hold each sample's own tokens and
         masks (1 = sampled, 0 = forced tool output)."""
+        from .fast_decode import decode_step
+
         if not ids:
             raise ValueError("generate() needs a non-empty prompt (at least <|bos|>)")
         model, cfg = self.model, self.model.config
         device = model.wte.weight.device
-        limit = cfg.sequence_len if cfg.pos_emb == "learned" else cfg.sequence_len * 8
+        limit = cfg.max_positions
         if len(ids) + max_tokens > limit:
             raise ValueError(f"prompt ({len(ids)}) + max_tokens ({max_tokens}) exceeds the model's {limit} positions")
         gen = torch.Generator(device=device).manual_seed(seed)
@@ -264,8 +302,14 @@ class Engine:
             prefill = KVCache(cfg.n_layer, 1, cfg.n_kv_head, len(ids), cfg.head_dim, device=device,
                               dtype=model.compute_dtype)
             logits = model(torch.tensor([ids], device=device), kv_cache=prefill)[:, -1]  # (1, V)
-            cache = KVCache(cfg.n_layer, num_samples, cfg.n_kv_head, len(ids) + max_tokens, cfg.head_dim,
-                            device=device, dtype=model.compute_dtype)
+            graphed = None
+            if self.fast and device.type == "cuda":
+                graphed = self._graph_decoder(num_samples, len(ids) + max_tokens)
+            if graphed is not None:
+                cache = graphed.cache
+            else:
+                cache = KVCache(cfg.n_layer, num_samples, cfg.n_kv_head, len(ids) + max_tokens, cfg.head_dim,
+                                device=device, dtype=model.compute_dtype)
             cache.k[:, :, :, : len(ids)] = prefill.k
             cache.v[:, :, :, : len(ids)] = prefill.v
             cache.pos = len(ids)
@@ -296,7 +340,15 @@ class Engine:
                 yield column
                 if all(r.done for r in rows):
                     break
-                logits = model(torch.tensor(column, device=device).view(num_samples, 1), kv_cache=cache)[:, -1]
+                nxt = torch.tensor(column, device=device)  # (N,)
+                if graphed is not None:  # one CUDA graph replay per token
+                    logits = graphed.step(nxt, cache.pos)
+                    cache.advance(1)
+                elif self.fast:
+                    logits = decode_step(model, nxt, cache, cache.pos)
+                    cache.advance(1)
+                else:  # the model's own forward (the readable path); it advances the cache itself
+                    logits = model(nxt.view(num_samples, 1), kv_cache=cache)[:, -1]
         finally:
             model.train(was_training)
 

@@ -82,6 +82,25 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     @property
+    def padded_vocab_size(self) -> int:
+        """The rows of the embedding and unembedding: vocab_size rounded up to a multiple of 64, so that
+        the (B*T, C) x (C, V) product, the largest in a small model, has a tensor-core-friendly width
+        on GPUs (nanochat pads the same way). The extra rows are never looked up (no token has their id)
+        and their logits are cut off before the softmax, so they can never be predicted.
+
+        >>> GPTConfig(vocab_size=97).padded_vocab_size, GPTConfig(vocab_size=4096).padded_vocab_size
+        (128, 4096)
+        """
+        return 64 * math.ceil(self.vocab_size / 64)
+
+    @property
+    def max_positions(self) -> int:
+        """How many positions a sequence (prompt + generated tokens) may have: the learned position table's
+        length, or the RoPE table's (8 x sequence_len: rotary angles extend past the training length,
+        though quality beyond it is not trained)."""
+        return self.sequence_len if self.pos_emb == "learned" else 8 * self.sequence_len
+
+    @property
     def mlp_hidden(self) -> int:
         """4x for GELU / ReLU^2. SwiGLU has three matrices, so LLaMA shrinks its hidden size to 2/3 of 4x to
         keep the parameter count; we round that up to a multiple of 64."""
@@ -131,52 +150,6 @@ class GPTConfig:
 # Building blocks
 
 
-SPLIT_ROWS_MAX = 128  # row_split_linear pays off up to here on the 2-core CPU (ADR 0026); MKL threads well beyond
-ROW_SPLIT = True  # set False to compare with plain F.linear (benchmarks/bench_engine.py does)
-
-
-def row_split_linear(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
-    """x @ w.T computed as n independent blocks of w's output rows, one batched matmul.
-
-    Decoding multiplies a handful of rows (one per sample) by every weight matrix: a matrix-vector
-    product that only has to stream the weights from memory once. MKL's single F.linear call does that on
-    ONE core here (~8 GB/s measured); cutting the output rows into n blocks (a free view of w) and handing
-    them to torch.bmm lets the batched kernel run the blocks on n cores (~28 GB/s, ADR 0026). Same
-    arithmetic, same result up to float rounding (tested against F.linear).
-
-    >>> w, x = torch.randn(6, 4), torch.randn(1, 4)
-    >>> torch.allclose(row_split_linear(x, w, 2), F.linear(x, w), atol=1e-6)
-    True
-    """
-    O, I = w.shape
-    x2 = x.reshape(-1, I)  # (M, I)
-    M = x2.size(0)
-    y = torch.bmm(w.view(n, O // n, I), x2.t().expand(n, I, M))  # (n, O/n, M)
-    return y.view(O, M).t().contiguous().view(*x.shape[:-1], O)  # (..., O)
-
-
-def _use_row_split(x: torch.Tensor, w: torch.Tensor) -> int:
-    """How many blocks for row_split_linear (0 = use F.linear): only for inference on a multi-core CPU,
-    fp32, few rows, and output rows that split evenly. Training and GPUs keep the plain call."""
-    if not ROW_SPLIT or x.device.type != "cpu" or x.dtype != torch.float32:
-        return 0
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return 0
-    n = torch.get_num_threads()
-    if n < 2 or x.numel() > SPLIT_ROWS_MAX * x.size(-1) or w.size(0) % n:
-        return 0
-    return n
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or its row-split form for few-row inference on CPU (decoding; see row_split_linear)."""
-    n = _use_row_split(x, w)
-    if not n:
-        return F.linear(x, w, b)
-    y = row_split_linear(x, w, n)
-    return y if b is None else y + b
-
-
 class Linear(nn.Linear):
     """nn.Linear whose fp32 master weight is cast to the activation's dtype in forward, so the matrix
     product runs in the compute dtype (bf16 on GPUs) while the optimizer updates fp32 weights. This is
@@ -184,7 +157,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        return linear(x, self.weight.to(x.dtype), b)
+        return F.linear(x, self.weight.to(x.dtype), b)
 
 
 class Norm(nn.Module):
@@ -208,9 +181,8 @@ def rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) over the last dimension, without parameters (also used for QK-norm).
 
     Written out rather than F.rms_norm: on this CPU build torch 2.13's F.rms_norm is a composite of ~6
-    ATen calls, 805 us vs 203 us for this line on a (8, 256, 384) activation; on one 384-vector both take
-    ~20 us, and in the decode loop this line gave 5-10% more tok/s (ADR 0026). tests/test_gpt.py checks
-    it against F.rms_norm."""
+    ATen calls, 805 us vs 203 us for this line on a (8, 256, 384) activation (ADR 0026).
+    tests/test_gpt.py checks it against F.rms_norm."""
     return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
 
 
@@ -307,8 +279,6 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope, ve=None, kv_cache: KVCache | None = None):
         B, T, C = x.size()
-        if T == 1 and kv_cache is not None:
-            return self.decode_one(x, rope, ve, kv_cache)
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -325,33 +295,6 @@ class CausalSelfAttention(nn.Module):
         y = attend(q, k, v, self.window)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.c_proj(y)
-
-    def decode_one(self, x, rope, ve, kv_cache: KVCache):
-        """forward() for one new token per row with a KV cache: the same arithmetic, laid out for speed.
-        With T = 1 the time axis can go, so q, k, v stay (B, heads, D) with no transposes, and q and k are
-        rotated and normalised together (one set of element-wise ops instead of two). On CPU, decoding
-        pays per-op overhead besides the weight reads; this path gave 10-20% more tok/s at batch 1 in
-        our runs (ADR 0026). The KV-cache tests (tests/test_gpt.py, tests/test_engine.py) check cached
-        decoding, which runs here, against a full forward for every preset."""
-        B, _, C = x.size()
-        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        x = x.view(B, C)
-        q = self.c_q(x).view(B, H, D)
-        k = self.c_k(x).view(B, Hkv, D)
-        v = self.c_v(x).view(B, Hkv, D)
-        if ve is not None:
-            gate = 2 * torch.sigmoid(self.ve_gate(x[:, : self.ve_gate.in_features]))  # (B, Hkv)
-            v = v + gate.unsqueeze(-1) * ve.view(B, Hkv, D)
-        if rope is not None or self.qk_norm:
-            qk = torch.cat([q, k], 1)  # (B, H + Hkv, D)
-            if rope is not None:
-                qk = apply_rope(qk, *rope)  # cos, sin: (1, D/2), broadcast over rows and heads
-            if self.qk_norm:
-                qk = rms(qk) * self.qk_scale
-            q, k = qk[:, :H], qk[:, H:]
-        k, v = kv_cache.update(self.layer_idx, k.unsqueeze(2), v.unsqueeze(2))  # (B, Hkv, t, D)
-        y = attend(q.unsqueeze(2), k, v, self.window)  # (B, H, 1, D)
-        return self.c_proj(y.view(B, C)).view(B, 1, C)
 
 
 class MLP(nn.Module):
@@ -422,7 +365,7 @@ class GPT(nn.Module):
         self.config = config
         self.compute_dtype = compute_dtype
         self.windows = window_sizes(config)
-        C, V = config.n_embd, config.vocab_size
+        C, V = config.n_embd, config.padded_vocab_size  # V: padded rows (see GPTConfig.padded_vocab_size)
         kv_dim = config.n_kv_head * config.head_dim
         with torch.device("meta"):
             self.wte = nn.Embedding(V, C)
@@ -497,7 +440,7 @@ class GPT(nn.Module):
                 nn.init.normal_(self.wte.weight, std=0.001 if cfg.embed_norm else 0.02)
         # RoPE tables: buffers, not parameters (not saved; recomputed from the config).
         if cfg.pos_emb == "rope":
-            cos, sin = rope_tables(cfg.sequence_len * 8, cfg.head_dim, cfg.rope_base, device=self.wte.weight.device)
+            cos, sin = rope_tables(cfg.max_positions, cfg.head_dim, cfg.rope_base, device=self.wte.weight.device)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -525,13 +468,14 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         x = self.norm_f(x)
         w = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        logits = linear(x, w.to(x.dtype)).float()  # (B, T, V), fp32 for a stable softmax
+        logits = F.linear(x, w.to(x.dtype))[..., :self.config.vocab_size]  # (B, T, V): padding rows cut off
+        logits = logits.float()  # fp32 for a stable softmax
         if self.config.logit_softcap > 0:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                                reduction=loss_reduction)
 
     # ---- accounting ----------------------------------------------------------------------------
@@ -566,37 +510,3 @@ class GPT(nn.Module):
         h, d = self.config.n_head, self.config.head_dim
         attn = sum(12 * h * d * min(w, self.config.sequence_len) for w in self.windows)
         return 6 * self.num_matmul_params() + attn
-
-
-@torch.inference_mode()
-def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
-    """Continue `ids` by up to `max_new_tokens` tokens with a KV cache (prefill once, then one token at a
-    time). temperature 0 = greedy. A small helper for training-time samples; the full inference engine
-    (batching, top-p, tools, streaming) is mini_nanochat/engine.py."""
-    cfg = model.config
-    device = model.wte.weight.device
-    limit = cfg.sequence_len if cfg.pos_emb == "learned" else cfg.sequence_len * 8
-    ids = list(ids)[-(limit - max_new_tokens):] if len(ids) + max_new_tokens > limit else list(ids)
-    cache = KVCache(cfg.n_layer, 1, cfg.n_kv_head, len(ids) + max_new_tokens, cfg.head_dim, device=device,
-                    dtype=model.compute_dtype)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    logits = model(torch.tensor([ids], device=device), kv_cache=cache)[:, -1]  # (1, V)
-    out = []
-    for _ in range(max_new_tokens):
-        if temperature <= 0:
-            nxt = int(logits.argmax(-1))
-        else:
-            scaled = logits / temperature
-            if top_k:
-                kth = torch.topk(scaled, min(top_k, scaled.size(-1))).values[:, -1:]
-                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-            nxt = int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=gen))
-        out.append(nxt)
-        if nxt in stop_ids:
-            break
-        logits = model(torch.tensor([[nxt]], device=device), kv_cache=cache)[:, -1]
-    model.train(was_training)
-    return out

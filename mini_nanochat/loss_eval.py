@@ -18,23 +18,31 @@ import torch
 
 @torch.no_grad()
 def evaluate_bpb(model, batches, token_bytes: torch.Tensor) -> float:
-    """Bits per byte of `model` over `batches` [(inputs, targets), ...]; token_bytes: (vocab,) int."""
+    """Bits per byte of `model` over `batches` [(inputs, targets), ...]; token_bytes: (vocab,) int.
+
+    Sums stay on the model's device (one host sync at the end, not one per batch) and are summed over
+    ranks with one all-reduce of a device tensor (NCCL accepts nothing else)."""
+    from .distributed import all_reduce
+
     was_training = model.training
     model.eval()
-    total_nats = torch.zeros((), dtype=torch.float64)
-    total_bytes = torch.zeros((), dtype=torch.int64)
+    total_nats = total_bytes = None
     for x, y in batches:
-        loss = model(x, y, loss_reduction="none").view(-1).double().cpu()  # (B*T,) nats per target
-        y = y.reshape(-1).cpu()
-        valid = y >= 0
-        nbytes = torch.where(valid, token_bytes[y.clamp(min=0)], torch.zeros_like(y))
+        if total_nats is None:  # the first batch tells the device
+            acc = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+            total_nats = torch.zeros((), dtype=acc, device=x.device)
+            total_bytes = torch.zeros((), dtype=torch.int64, device=x.device)
+            token_bytes = token_bytes.to(x.device)
+        loss = model(x, y, loss_reduction="none").view(-1).to(acc)  # (B*T,) nats per target
+        y = y.reshape(-1)
+        nbytes = torch.where(y >= 0, token_bytes[y.clamp(min=0)], torch.zeros_like(y))
         total_nats += (loss * (nbytes > 0)).sum()
         total_bytes += nbytes.sum()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        both = torch.stack([total_nats, total_bytes.double()])
-        torch.distributed.all_reduce(both)
-        total_nats, total_bytes = both[0], both[1]
     model.train(was_training)
-    if total_bytes.item() == 0:
+    if total_nats is None:
+        raise ValueError("no batches to evaluate")
+    both = all_reduce(torch.stack([total_nats, total_bytes.to(acc)]))  # summed over ranks
+    nats, nbytes = both.tolist()
+    if nbytes == 0:
         raise ValueError("no target bytes to evaluate (empty batches?)")
-    return (total_nats / (math.log(2) * total_bytes.double())).item()
+    return nats / (math.log(2) * nbytes)

@@ -85,7 +85,7 @@ class MuonAdamW(torch.optim.Optimizer):
             g = p.grad
             state = self.state[p]
             if not state:
-                state["step"] = torch.tensor(0.0)
+                state["step"] = torch.tensor(0.0, device="cpu")  # on the host, as in torch's AdamW: reading it never waits for a GPU
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] = state["step"] + 1  # out of place: a loaded state may share this tensor

@@ -65,3 +65,27 @@ def test_seed_everything_reproducible():
     a = torch.rand(3)
     common.seed_everything(123)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_peak_flops_table_and_unknown_devices():
+    """Known accelerators get their data-sheet peak (L4 is not L40S, PCIe is not SXM); an unknown one gets
+    None (MFU "unknown"), never a guess; the CPU's peak is measured."""
+    g = common.gpu_peak_flops
+    assert g("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989e12  # SXM
+    assert g("NVIDIA H100 PCIe", torch.bfloat16) == 756e12
+    assert g("NVIDIA H100 NVL", torch.bfloat16) == 835e12
+    assert g("NVIDIA H200", torch.bfloat16) == 989e12
+    assert g("NVIDIA A100-SXM4-80GB", torch.bfloat16) == 312e12
+    assert g("NVIDIA L4", torch.bfloat16) == 121e12 and g("NVIDIA L40S", torch.bfloat16) == 362e12
+    assert g("NVIDIA L40", torch.bfloat16) == 181e12
+    assert g("NVIDIA RTX A1000", torch.bfloat16) is None and g("Imaginary GPU 9000", torch.bfloat16) is None
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert g("NVIDIA H100 80GB HBM3", torch.float32) == 67e12
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert g("NVIDIA H100 80GB HBM3", torch.float32) == 495e12
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert common.peak_flops("cpu") > 1e9
+    assert common.peak_flops("mps") is None

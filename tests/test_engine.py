@@ -153,7 +153,7 @@ def test_tool_call_injects_calculator_output(tok):
     n_out = len([sp("output_start"), *tok.encode("408"), sp("output_end")])
     script += [0] * n_out + after + [sp("assistant_end")]  # while output is forced, the script is ignored
     model = ScriptedModel(GPT(cfg), script)
-    engine = Engine(model, tok)
+    engine = Engine(model, tok, fast=False)  # the scripted forward replaces the model's: the plain decode path
     prompt = tok.render_for_completion([{"role": "user", "content": "what is 12*34?"}])
     results, masks = engine.generate_batch(prompt, num_samples=1, max_tokens=60, temperature=0.0)
     completion, mask = results[0][len(prompt):], masks[0][len(prompt):]
@@ -168,7 +168,7 @@ def test_tool_call_injects_calculator_output(tok):
     # a bad expression injects an error message instead of crashing
     bad = ScriptedModel(GPT(cfg), [sp("python_start"), *tok.encode("__import__('os')"), sp("python_end"),
                                     sp("assistant_end")])
-    r, _ = Engine(bad, tok).generate_batch(prompt, max_tokens=60, temperature=0.0)
+    r, _ = Engine(bad, tok, fast=False).generate_batch(prompt, max_tokens=60, temperature=0.0)
     assert "error: dunder" in tok.decode(r[0][len(prompt):])
 
 

@@ -1,6 +1,6 @@
 """The GPT model: causality, attention against the textbook formula, GQA, sliding windows, RoPE,
 initial loss, parameter-count formulas, FLOP estimate against torch's counter, overfitting, precision,
-and the KV-cache path of forward."""
+the padded vocabulary, and the KV-cache path of forward."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_nanochat.gpt import (GPT, GPTConfig, KVCache, apply_rope, attend, attention_mask, attention_reference,
-                               SPLIT_ROWS_MAX, _use_row_split, rope_tables, row_split_linear, window_sizes)
+                               rope_tables, window_sizes)
 
 PRESETS = ["modern", "gpt2", "llama"]
 
@@ -129,7 +129,7 @@ def test_loss_at_init_is_ln_vocab(preset):
 
 def formula_params(c: GPTConfig) -> int:
     """The documented parameter count (docs/adrs/0010-model-presets-and-depth-dial.md)."""
-    V, C, L, T, kv = c.vocab_size, c.n_embd, c.n_layer, c.sequence_len, c.n_kv_head * c.head_dim
+    V, C, L, T, kv = c.padded_vocab_size, c.n_embd, c.n_layer, c.sequence_len, c.n_kv_head * c.head_dim
     attn = C * C + 2 * C * kv + C * C  # c_q, c_k, c_v, c_proj
     mlp = (3 if c.mlp == "swiglu" else 2) * C * c.mlp_hidden
     if c.bias:
@@ -253,55 +253,6 @@ def test_meta_device_build_then_init(preset):
         assert model.rope_cos.shape == (256 * 8, cfg.head_dim // 2)
 
 
-@pytest.mark.parametrize("out_f, in_f, rows, n", [(6, 4, 1, 2), (256, 256, 1, 2), (1536, 384, 8, 2),
-                                                  (4096, 256, 3, 4), (512, 128, 128, 2)])
-def test_row_split_linear_equals_f_linear(out_f, in_f, rows, n):
-    torch.manual_seed(0)
-    w, x = torch.randn(out_f, in_f) / in_f ** 0.5, torch.randn(rows, 1, in_f)  # outputs ~ N(0, 1)
-    got = row_split_linear(x, w, n)
-    assert got.shape == (rows, 1, out_f) and got.is_contiguous()
-    torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-5)
-
-
-def test_row_split_only_for_few_row_inference():
-    w = torch.randn(64, 32, requires_grad=True)
-    few, many = torch.randn(4, 32), torch.randn(SPLIT_ROWS_MAX + 1, 32)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert _use_row_split(few, w) == 0  # autograd is recording: training keeps F.linear
-        with torch.no_grad():
-            assert _use_row_split(few, w) == 2
-            assert _use_row_split(many, w) == 0
-            assert _use_row_split(few, w[:63]) == 0  # 63 output rows do not split in two
-            assert _use_row_split(few.double(), w.double()) == 0
-        torch.set_num_threads(1)
-        with torch.no_grad():
-            assert _use_row_split(few, w) == 0
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_decoding_with_and_without_row_split_agrees():
-    """The whole model with 1 thread (plain F.linear) and 2 threads (row-split) gives the same logits."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.from_depth(2, vocab_size=512, sequence_len=64, head_dim=32, aspect_ratio=32)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    idx = torch.randint(0, 512, (3, 1))
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(1)
-            plain = model(idx)
-            torch.set_num_threads(2)
-            split = model(idx)
-    finally:
-        torch.set_num_threads(threads)
-    torch.testing.assert_close(split, plain, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("shape", [(1, 1, 384), (8, 1, 384), (2, 3, 5, 128), (4, 16, 64)])
 def test_rms_matches_f_rms_norm(shape):
     """Our hand-written RMSNorm (and Norm with a gain) against torch's F.rms_norm."""
@@ -315,3 +266,20 @@ def test_rms_matches_f_rms_norm(shape):
     torch.testing.assert_close(norm(x), F.rms_norm(x, (shape[-1],), norm.weight, eps=1e-6), rtol=1e-5, atol=1e-5)
     tiny_x = torch.full(shape, 1e-8)  # eps keeps an all-but-zero row finite, as in torch
     torch.testing.assert_close(rms(tiny_x), F.rms_norm(tiny_x, (shape[-1],), eps=1e-6), rtol=1e-5, atol=1e-6)
+
+
+def test_padded_vocabulary_rows_never_win():
+    """vocab 97 is stored as 128 rows (a multiple of 64); the logits have 97 columns, so a padding id can
+    never be predicted, even when its unembedding row is made huge."""
+    torch.manual_seed(0)
+    cfg = tiny("modern")
+    model = GPT(cfg)
+    assert cfg.padded_vocab_size == 128 and model.wte.weight.shape[0] == 128 and model.lm_head.weight.shape[0] == 128
+    with torch.no_grad():
+        model.lm_head.weight[97:] = 100.0
+    idx = torch.randint(0, 97, (2, 8))
+    logits = model(idx)
+    assert logits.shape == (2, 8, 97)
+    assert model(idx, idx).isfinite()
+    tied = GPT(tiny("gpt2"))  # tied: the padded wte doubles as the unembedding
+    assert tied(idx).shape == (2, 8, 97) and tied(idx, idx).isfinite()

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from mini_nanochat.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from mini_nanochat.gpt import GPT, GPTConfig
 from mini_nanochat.stages import base_train, tok_train
-from mini_nanochat.stages.base_train import lr_multiplier, muon_momentum
+from mini_nanochat.training import lr_multiplier, muon_momentum
 
 
 @pytest.fixture(scope="module")

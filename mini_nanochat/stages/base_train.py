@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, latest_checkpoint
 from ..common import (autodetect_device, compute_dtype, get_base_dir, get_dist_info, peak_flops, print0,
-                      print_config, seed_everything, write_json_atomic)
+                      print_config, seed_everything, setup_device, synchronize, write_json_atomic)
 
 SAMPLE_PROMPTS = ["The Congress shall", "Fellow-Citizens of the Senate and House of Representatives:",
                   "To be, or not to be,", "The state of the Union is"]
@@ -58,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = ""
     device: str = ""
-    compile: bool = False
+    compile: bool | None = None  # None: on for CUDA, off elsewhere
     corpus: str = "embedded"
     tokenizer: str = "default"
     model_tag: str = ""
@@ -102,7 +100,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=d.seed, help="seed of init, data order and samples")
     a("--dtype", default=d.dtype, help="compute dtype: float32 / bfloat16 (default: bf16 on CUDA SM80+, else fp32)")
     a("--device", default=d.device, help="cuda / mps / cpu (default: autodetect)")
-    a("--compile", action="store_true", help="torch.compile the model")
+    a("--compile", action=argparse.BooleanOptionalAction, default=None,
+      help="torch.compile the training step's model (default: on for CUDA, off on CPU / MPS)")
     a("--corpus", default=d.corpus, help="corpus under <base>/data (see the data stage)")
     a("--tokenizer", default=d.tokenizer, help="tokenizer under <base>/tokenizer")
     a("--model-tag", default=d.model_tag, help="run name: <base>/runs/<tag> (default d<depth>)")
@@ -118,29 +117,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---- schedules ---------------------------------------------------------------------------------------
-
-def lr_multiplier(step: int, num_iterations: int, warmup_steps: int, warmdown_ratio: float,
-                  final_lr_frac: float) -> float:
-    """Warmup (linear from 1/warmup to 1) -> constant 1 -> warmdown (linear to final_lr_frac at the end).
-
-    >>> [round(lr_multiplier(s, 100, 10, 0.5, 0.0), 2) for s in (0, 9, 10, 50, 75, 100)]
-    [0.1, 1.0, 1.0, 1.0, 0.5, 0.0]
-    """
-    warmdown = round(warmdown_ratio * num_iterations)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if step <= num_iterations - warmdown:
-        return 1.0
-    progress = (num_iterations - step) / warmdown
-    return progress + (1 - progress) * final_lr_frac
-
-
-def muon_momentum(step: int) -> float:
-    """Muon momentum warms up from 0.85 to 0.95 over 300 steps (nanochat)."""
-    frac = min(step / 300, 1.0)
-    return (1 - frac) * 0.85 + frac * 0.95
-
+# ---- the horizon -------------------------------------------------------------------------------------
 
 def resolve_horizon(cfg: TrainConfig, n_params: int, flops_per_token: int, tokens_per_step: int) -> tuple[int, str]:
     if cfg.num_iterations > 0:
@@ -157,23 +134,25 @@ def run(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
     from ..dataloader import DataLoader, build_val_loader
-    from ..gpt import GPT, GPTConfig, generate
+    from ..distributed import GradSync, broadcast_parameters, destroy, device_for_rank, init_distributed
+    from ..engine import Engine
+    from ..gpt import GPT, GPTConfig
     from ..loss_eval import evaluate_bpb
     from ..optim import MuonAdamW, build_param_groups
     from ..tokenizer import get_tokenizer
-
-    from ..distributed import GradSync, broadcast_parameters, destroy, gather_objects, init_distributed
+    from ..training import (NonFiniteLoss, TrainingError, apply_schedule, save_training_checkpoint,
+                            start_or_resume, train_step)
 
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
     dist = get_dist_info()
-    device = autodetect_device(cfg.device or None)
-    if device == "cuda" and dist.world_size > 1:
-        device = f"cuda:{dist.local_rank}"
+    device = device_for_rank(autodetect_device(cfg.device or None))  # under torchrun: cuda:LOCAL_RANK
     init_distributed(device, cfg.dist_timeout)
+    setup_device(device)  # CUDA: TF32 for fp32 products
     dtype = compute_dtype(device, cfg.dtype or None)
+    use_compile = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     seed_everything(cfg.seed)
     tok = get_tokenizer(cfg.tokenizer)
-    token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.int64)
+    token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.int64, device=device)
     mcfg = GPTConfig.from_depth(cfg.depth, vocab_size=tok.vocab_size, sequence_len=cfg.max_seq_len, preset=cfg.preset)
     model = GPT(mcfg, device=device, compute_dtype=dtype)
     n_params = model.param_counts()["total"]
@@ -188,8 +167,9 @@ def run(args: argparse.Namespace) -> dict:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else get_base_dir() / "runs" / (cfg.model_tag or f"d{cfg.depth}")
 
     print_config("base-train", {**asdict(cfg), "device": device, "compute dtype": str(dtype).replace("torch.", ""),
-                                "world size": dist.world_size, "model": f"{mcfg.n_layer} layers, width "
-                                f"{mcfg.n_embd}, {mcfg.n_head} heads ({mcfg.n_kv_head} kv), vocab {mcfg.vocab_size}",
+                                "compile": use_compile, "world size": dist.world_size,
+                                "model": f"{mcfg.n_layer} layers, width {mcfg.n_embd}, {mcfg.n_head} heads "
+                                f"({mcfg.n_kv_head} kv), vocab {mcfg.vocab_size} (padded to {mcfg.padded_vocab_size})",
                                 "parameters": f"{n_params:,}", "FLOPs/token": f"{flops_per_token:,}",
                                 "tokens/step": f"{total_batch:,} ({grad_accum} micro-batches)",
                                 "iterations": f"{num_iterations:,} ({horizon_rule})",
@@ -201,36 +181,11 @@ def run(args: argparse.Namespace) -> dict:
                                              weight_decay=cfg.weight_decay, optimizer=cfg.optimizer))
     loader = DataLoader(tok, cfg.device_batch_size, cfg.max_seq_len, corpus=cfg.corpus, device=device, seed=cfg.seed)
 
-    # ---- fresh start or resume: never silently overwrite a run ----
-    start_step = 0
-    latest = latest_checkpoint(run_dir)
-    if cfg.resume:
-        if latest is None:
-            raise SystemExit(f"--resume: no checkpoint in {run_dir}")
-        meta = json.loads((latest / "meta.json").read_text())
-        if meta.get("model_config") != mcfg.to_dict():
-            raise SystemExit(f"--resume: {latest} was trained with a different model config; "
-                             f"use the same --depth / --preset / --max-seq-len or another --model-tag")
-        state = load_checkpoint(latest, model, None)
-        if state["optimizer"] is None:
-            raise SystemExit(f"--resume: {latest} holds no optimizer state")
-        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        sync.load_full_optimizer_state(optimizer, state["optimizer"])
-        for g, hyper in zip(optimizer.param_groups, fresh):  # flags given now win over the saved ones
-            g.update(hyper)
-        start_step = state["step"]
-        saved = state["loader"]
-        if saved["world_size"] == dist.world_size:
-            loader.load_state_dict(saved["ranks"][dist.rank])  # exact: each rank continues its own stream
-        else:  # a different number of ranks reads the data in a different partition: continue approximately
-            epoch = min(r["epoch"] for r in saved["ranks"])
-            loader.load_state_dict({**loader.state_dict(), "epoch": epoch + 1, "unit": 0, "row": 0, "buffer": []})
-            print0(f"note: checkpoint written by {saved['world_size']} ranks, resuming with {dist.world_size}: "
-                   f"model and optimizer are exact; the data order restarts at epoch {epoch + 1}")
-        print0(f"resumed from {latest} at step {start_step}")
-    elif latest is not None or (run_dir / "metrics.jsonl").exists():
-        raise SystemExit(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
-                         f"--model-tag / --run-dir. Nothing was overwritten.")
+    # ---- fresh start or resume: never silently overwrite a run (training.start_or_resume) ----
+    try:
+        start_step, _ = start_or_resume(run_dir, cfg.resume, model, optimizer, sync, loader, mcfg.to_dict())
+    except (TrainingError, CheckpointError) as e:
+        raise SystemExit(f"base-train: {e}") from None
     broadcast_parameters(model)
     if start_step > num_iterations:
         raise SystemExit(f"checkpoint step {start_step} is beyond --num-iterations {num_iterations}")
@@ -240,8 +195,11 @@ def run(args: argparse.Namespace) -> dict:
         kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln).get("step", 0) <= start_step]
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
 
-    fwd = torch.compile(model) if cfg.compile else model
-    peak = peak_flops(device, dtype) * dist.world_size  # tok/s is global, so the peak is all ranks' together
+    # Train through the compiled model; evaluate and sample with the plain one (eval mode, other shapes and
+    # the KV cache would each cost a recompilation, for a few calls).
+    fwd = torch.compile(model, dynamic=False) if use_compile else model
+    peak = peak_flops(device, dtype)
+    peak = peak * dist.world_size if peak else None  # tok/s is global, so the peak is all ranks' together
     val_batches = list(build_val_loader(tok, cfg.device_batch_size, cfg.max_seq_len, tokens=cfg.eval_tokens,
                                         corpus=cfg.corpus, device=device))
 
@@ -263,11 +221,13 @@ def run(args: argparse.Namespace) -> dict:
     def samples(step: int) -> None:
         if not dist.is_master:
             return
+        engine = Engine(model, tok, fast=torch.device(device).type == "cpu")  # GPUs: no graph capture for 4 prompts
+        n_new = min(32, mcfg.max_positions // 2)
         lines = [f"--- step {step} ---"]
         for prompt in SAMPLE_PROMPTS:
-            ids = tok.encode(prompt, prepend=tok.bos_id)
-            out = generate(model, ids, 32, temperature=0.0)
-            lines.append(f"{prompt} >>> {tok.decode(out)}")
+            ids = tok.encode(prompt, prepend=tok.bos_id)[-(mcfg.max_positions - n_new):]  # fit the context
+            out, _ = engine.generate_batch(ids, max_tokens=n_new, temperature=0.0)
+            lines.append(f"{prompt} >>> {tok.decode(out[0][len(ids):])}")
         with open(run_dir / "samples.txt", "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
 
@@ -275,8 +235,6 @@ def run(args: argparse.Namespace) -> dict:
             "tokenizer": cfg.tokenizer, "tokenizer_sha256": _tokenizer_hash(tok),
             "corpus": cfg.corpus, "world_size": dist.world_size}
     val_bpb, last_loss = float("nan"), float("nan")
-    die = os.environ.get("MINI_NANOCHAT_TEST_DIE_AT", "")  # "rank:step", used only by the tests
-    _die_at = tuple(int(v) for v in die.split(":")) if die else None
     step = start_step
     bar = tqdm(total=num_iterations, initial=start_step, desc="base-train", unit="step", disable=not dist.is_master)
     t_train = 0.0
@@ -285,22 +243,18 @@ def run(args: argparse.Namespace) -> dict:
         pause = step == cfg.stop_at and not last and step > start_step
         resumed_here = cfg.resume and step == start_step and not last  # this step's val bpb is already logged
         if not resumed_here and (last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
-            val_bpb = evaluate_bpb(fwd, val_batches, token_bytes)
+            val_bpb = evaluate_bpb(model, val_batches, token_bytes)
             log({"step": step, "val_bpb": val_bpb})
             if dist.is_master:
                 bar.write(f"step {step:6d} | val bpb {val_bpb:.4f}")
         if last or (cfg.sample_every > 0 and step % cfg.sample_every == 0 and step > start_step):
             samples(step)
         if last or pause or (cfg.save_every > 0 and step % cfg.save_every == 0 and step > start_step):
-            full_optim = sync.full_optimizer_state(optimizer)  # every rank takes part in the gathers
-            loaders = {"world_size": dist.world_size, "ranks": gather_objects(loader.state_dict())}
-            if dist.is_master:
-                try:
-                    save_checkpoint(run_dir, step, model, None, loaders,
-                                    {**meta, "val_bpb": val_bpb, "train_loss": last_loss}, keep_last=cfg.keep_last,
-                                    optimizer_state=full_optim)
-                except CheckpointError as e:
-                    raise SystemExit(f"base-train: {e}") from None
+            try:
+                save_training_checkpoint(run_dir, step, model, optimizer, sync, loader,
+                                         {**meta, "val_bpb": val_bpb, "train_loss": last_loss}, keep_last=cfg.keep_last)
+            except CheckpointError as e:
+                raise SystemExit(f"base-train: {e}") from None
         if last:
             break
         if pause:
@@ -308,40 +262,22 @@ def run(args: argparse.Namespace) -> dict:
             break
 
         t0 = time.perf_counter()
-        mult = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * mult
-            if group["kind"] == "muon":
-                group["momentum"] = muon_momentum(step)
-        loss_sum = 0.0
-        for _ in range(grad_accum):
-            x, y = next(loader)
-            loss = fwd(x, y)
-            (loss / grad_accum).backward()
-            loss_sum += loss.item()
-        last_loss = loss_sum / grad_accum
-        if dist.world_size > 1:  # every rank logs (and NaN-checks) the same, global mean loss
-            t = torch.tensor([last_loss], dtype=torch.float64)
-            torch.distributed.all_reduce(t)
-            last_loss = t.item() / dist.world_size
-        if not math.isfinite(last_loss):
+        mult = apply_schedule(optimizer, step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+        try:
+            last_loss = train_step(fwd, optimizer, loader, grad_accum, sync)
+        except NonFiniteLoss as e:
             good = latest_checkpoint(run_dir)
-            raise SystemExit(f"base-train: the loss became {last_loss} at step {step}. Stopping; the last good "
-                             f"checkpoint is {good or 'none (none was saved yet)'}. Try a lower learning rate.")
-        if _die_at == (dist.rank, step):  # test hook (tests/test_distributed.py): simulate a crashed rank
-            os._exit(3)
-        sync.before_step()
-        optimizer.step()
-        sync.after_step()
-        optimizer.zero_grad(set_to_none=True)
+            raise SystemExit(f"base-train: the loss became {e.loss} at step {step}. Stopping; the last good "
+                             f"checkpoint is {good or 'none (none was saved yet)'}. Try a lower learning rate.") from None
+        synchronize(device)  # the optimizer step may still be running on a GPU: wait before reading the clock
         dt = time.perf_counter() - t0
         step += 1
         if step > start_step + 1:  # the first step includes warm-up work (and compilation)
             t_train += dt
         tok_s = total_batch / dt
-        mfu = tok_s * flops_per_token / peak
+        mfu = tok_s * flops_per_token / peak if peak else None
         log({"step": step, "loss": last_loss, "lr_mult": mult, "tok_per_s": tok_s, "mfu": mfu, "dt": dt})
-        bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.2f}")
+        bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.2f}" if mfu else "?")
         bar.update(1)
     bar.close()
     loader.close()
@@ -349,15 +285,23 @@ def run(args: argparse.Namespace) -> dict:
     summary = {"run_dir": str(run_dir), "steps": step, "final_val_bpb": val_bpb, "final_train_loss": last_loss,
                "tok_per_s": steps_timed * total_batch / t_train if t_train > 0 else float("nan"),
                "peak_flops": peak}
-    summary["mfu"] = summary["tok_per_s"] * flops_per_token / peak
+    summary["mfu"] = summary["tok_per_s"] * flops_per_token / peak if peak else None
     if dist.is_master:
         write_json_atomic(run_dir / "summary.json", summary)
         _plots(run_dir)
     destroy()
     if dist.is_master:
+        if peak:
+            mfu_text = f"MFU {summary['mfu']:.2f} (peak {peak / 1e9:,.0f} GFLOP/s)"
+        else:
+            mfu_text = f"MFU unknown (no data-sheet peak for {_device_name(device)}: add it to common.GPU_PEAK_FLOPS)"
         print0(f"done: {step} of {num_iterations} steps, val bpb {val_bpb:.4f}, train loss {last_loss:.4f}, "
-               f"{summary['tok_per_s']:,.0f} tok/s, MFU {summary['mfu']:.2f} (peak {peak / 1e9:.0f} GFLOP/s); {run_dir}")
+               f"{summary['tok_per_s']:,.0f} tok/s, {mfu_text}; {run_dir}")
     return summary
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else device
 
 
 def _tokenizer_hash(tok) -> str:

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import json
 import sys
 from pathlib import Path
 
 
-from ..checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from ..common import autodetect_device, compute_dtype, get_base_dir, print_config
+from ..checkpoint import CheckpointError, latest_checkpoint
+from ..common import autodetect_device, get_base_dir, print_config
 
 HELP = "commands: /clear  /temperature X  /topk K  /help  /quit"
 
@@ -44,24 +43,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def load_model(run_dir: Path, device: str):
-    """The latest checkpoint of a run: (model, tokenizer, meta). Clear errors for a missing run."""
-    from ..gpt import GPT, GPTConfig
-    from ..tokenizer import get_tokenizer
+    """The latest checkpoint of a run: (model, tokenizer, meta), through the library's loader (weights
+    only, no optimizer state). A missing or broken run is one clear line."""
+    from ..checkpoint import load_model as load
 
-    ck = latest_checkpoint(run_dir)
-    if ck is None:
+    if latest_checkpoint(run_dir) is None:
         raise SystemExit(f"chat: no checkpoint in {run_dir}; train one first: python -m mini_nanochat speedrun")
-    meta = json.loads((ck / "meta.json").read_text())
-    model = GPT(GPTConfig.from_dict(meta["model_config"]), device=device, compute_dtype=compute_dtype(device))
     try:
-        load_checkpoint(ck, model, restore_rng=False)
+        return load(run_dir, device)
     except CheckpointError as e:
         raise SystemExit(f"chat: {e}") from None
-    tok = get_tokenizer(meta.get("tokenizer", "default"))
-    if tok.vocab_size != model.config.vocab_size:
-        raise SystemExit(f"chat: tokenizer {meta.get('tokenizer')!r} has {tok.vocab_size} tokens but the model "
-                         f"expects {model.config.vocab_size}; was the tokenizer retrained after this run?")
-    return model.eval(), tok, meta | {"checkpoint": str(ck)}
 
 
 class Streamer:

@@ -17,6 +17,11 @@ same run (a 256 MB copy, read + write bytes per second, as ../shared/anchors.md 
 
     python benchmarks/bench_engine.py                 # ~4 min
     python benchmarks/bench_engine.py --repeats 1     # quicker, noisier
+    python benchmarks/bench_engine.py --nanochat /tmp/nanochat   # + nanochat's Engine measured in the same run
+                                                      #   (a checkout of its commit 92d63d4, never committed)
+
+Without --nanochat, "vs nanochat" divides by the anchors, which were measured on an AMD EPYC (AVX2)
+machine: on another CPU that ratio compares two machines; use --nanochat for a same-run ratio.
 """
 from __future__ import annotations
 
@@ -81,7 +86,25 @@ def main() -> None:
     p.add_argument("--new", type=int, default=256, help="new tokens per decode run")
     p.add_argument("--nocache-tokens", type=int, default=64, help="new tokens timed for the no-cache baseline")
     p.add_argument("--repeats", type=int, default=3, help="decode runs per cell; the median is reported")
+    p.add_argument("--nanochat", default="", help="path to a nanochat checkout: measure its Engine in this run")
     args = p.parse_args()
+    nc_rates = {}
+    if args.nanochat:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, args.nanochat)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_gpu import nanochat_decode, nanochat_model
+
+        for depth in (int(d) for d in args.depths.split(",")):
+            torch.manual_seed(0)
+            nmodel = nanochat_model(depth, 512, 4096, "cpu").eval()
+            for batch in (1, 8):
+                rates = [nanochat_decode(nmodel, batch, list(range(1, 65)), args.new, "cpu") for _ in range(args.repeats)]
+                nc_rates[(depth, batch)] = statistics.median(rates)
+        print("nanochat Engine measured in this run (fp32): " +
+              ", ".join(f"d{d} b{b} {r:,.0f}" for (d, b), r in nc_rates.items()) + " tok/s")
     bandwidth = copy_bandwidth()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
           f"fp32 matmul {peak_flops('cpu') / 1e9:.0f} GFLOP/s (anchors: ~51 GB/s, 186 GFLOP/s; shows how fast "
@@ -118,7 +141,7 @@ def main() -> None:
             kv_bytes = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * avg_ctx * 4 * batch
             bound = batch * bandwidth / (n_params * 4 + kv_bytes)
             print(f"| {depth} | {cfg.n_embd} | {batch} | {prefill:,.0f} | {decode:,.0f} ({min(ours):,.0f}-{max(ours):,.0f}) | "
-                  f"{decode / NANOCHAT[(depth, batch)]:.2f}x | {plain_rate:,.0f} ({decode / plain_rate:.2f}x) | "
+                  f"{decode / nc_rates.get((depth, batch), NANOCHAT[(depth, batch)]):.2f}x{'' if nc_rates else ' (anchor)'} | {plain_rate:,.0f} ({decode / plain_rate:.2f}x) | "
                   f"{decode / nocache:.1f}x | {bound:,.0f} | {100 * decode / bound:.0f}% | "
                   f"{nocache:,.0f} ({NANOCHAT_NOCACHE[(depth, batch)]}) |", flush=True)
     print("\nnanochat Engine decode on this machine (anchors): d4 311 / 1,312 tok/s (batch 1 / 8), "

@@ -64,6 +64,22 @@ def test_newton_schulz_matches_float64_and_orthogonalises(shape):
     torch.testing.assert_close(newton_schulz(G2), torch.stack([newton_schulz(g) for g in G2]), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (96, 32)])
+def test_newton_schulz_in_bf16_stays_close_to_fp32(shape):
+    """On GPUs the iterations run in bf16 (as Jordan et al. and nanochat do): 8 mantissa bits. The result
+    must stay an approximately orthogonal matrix pointing the same way as the fp32 one."""
+    torch.manual_seed(0)
+    G = torch.randn(*shape)
+    ref = newton_schulz(G).double()
+    low = newton_schulz(G, dtype=torch.bfloat16)
+    assert low.dtype == torch.bfloat16
+    low = low.double()
+    s = torch.linalg.svdvals(low)
+    assert (s > 0.6).double().mean() > 0.95 and s.max() < 1.3, s
+    cos = (low * ref).sum() / (low.norm() * ref.norm())
+    assert cos > 0.99, cos
+
+
 def test_muon_update_singular_values_nearly_equal():
     torch.manual_seed(0)
     # an ill-conditioned gradient: singular values spanning 4 orders of magnitude

@@ -45,6 +45,8 @@ def init_distributed(device: str, timeout_s: float = 300.0) -> DistInfo:
     global _DEVICE
     info = get_dist_info()
     _DEVICE = torch.device(device)
+    if _DEVICE.type == "cuda" and _DEVICE.index is None and torch.cuda.is_available():
+        _DEVICE = torch.device("cuda", torch.cuda.current_device())  # tensors report "cuda:0", not "cuda"
     if info.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if _DEVICE.type == "cuda" else "gloo"
         if _DEVICE.type == "cuda":

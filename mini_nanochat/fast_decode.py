@@ -14,7 +14,7 @@ One function, `decode_step(model, idx, cache, pos)`, two layouts of the same ari
                  On a multi-core CPU the matrix products with few rows go through `row_split_linear`
                  where it is measured faster on the machine (ADR 0026). This is the CPU path.
   pos a tensor   static shapes: `pos` is a 0-dim tensor on the device, the new keys/values are written
-                 at `pos` with `index_copy_`, and attention covers the cache's whole length with a mask
+                 at `pos` with an indexed assignment, and attention covers the cache's whole length with a mask
                  built from `pos`. No shape and no Python value changes from step to step, so the step
                  can be recorded once as a CUDA graph and replayed for every token (`GraphedDecoder`):
                  one launch per token instead of hundreds (ADR 0028). This is the GPU path.
@@ -150,8 +150,10 @@ def _attention(attn, x: torch.Tensor, rope, ve, cache: KVCache, pos) -> torch.Te
     q = q.unsqueeze(2)  # (B, H, 1, D)
     if torch.is_tensor(pos):  # static shapes: write at pos, attend over the whole cache with a mask
         ck, cv = cache.k[attn.layer_idx], cache.v[attn.layer_idx]  # (B, Hkv, T_max, D)
-        ck.index_copy_(2, pos.view(1), k.unsqueeze(2).to(ck.dtype))
-        cv.index_copy_(2, pos.view(1), v.unsqueeze(2).to(cv.dtype))
+        # an index_put_ at a device index (as gpt-fast writes its cache): torch.compile turns it back
+        # into an in-place write of one position, rather than a copy of the whole cache
+        ck[:, :, pos.view(1)] = k.unsqueeze(2).to(ck.dtype)
+        cv[:, :, pos.view(1)] = v.unsqueeze(2).to(cv.dtype)
         k_pos = torch.arange(ck.size(2), device=ck.device)  # (T_max,)
         allowed = (k_pos <= pos) & (pos - k_pos < attn.window)  # causal and inside the window
         y = F.scaled_dot_product_attention(q, ck, cv, attn_mask=allowed.view(1, 1, 1, -1), enable_gqa=H != Hkv)

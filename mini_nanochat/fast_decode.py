@@ -14,7 +14,7 @@ One function, `decode_step(model, idx, cache, pos)`, two layouts of the same ari
                  On a multi-core CPU the matrix products with few rows go through `row_split_linear`
                  where it is measured faster on the machine (ADR 0026). This is the CPU path.
   pos a tensor   static shapes: `pos` is a 0-dim tensor on the device, the new keys/values are written
-                 at `pos` with an indexed assignment, and attention covers the cache's whole length with a mask
+                 at `pos` with one index_put_, and attention covers the cache's whole length with a mask
                  built from `pos`. No shape and no Python value changes from step to step, so the step
                  can be recorded once as a CUDA graph and replayed for every token (`GraphedDecoder`):
                  one launch per token instead of hundreds (ADR 0028). This is the GPU path.
@@ -130,6 +130,18 @@ def _rows_at(table: torch.Tensor, pos) -> torch.Tensor:
     return table[pos:pos + 1]
 
 
+def _write_at(buf: torch.Tensor, layer: int, pos: torch.Tensor, x: torch.Tensor) -> None:
+    """buf[layer, :, :, pos] = x for a (L, B, H, T_max, D) cache and x (B, H, D), as ONE index_put_ on
+    the whole buffer. Written through a slice view instead (`buf[layer][:, :, pos] = x`), torch.compile
+    copies the whole layer's cache into a temporary every step before writing one position (seen in
+    inductor's generated code on 2026-11-30); an index_put_ on the buffer itself stays in place."""
+    L, B, H, T, D = buf.shape
+    dev = buf.device
+    index = (torch.full((1, 1), layer, device=dev), torch.arange(B, device=dev).view(B, 1),
+             torch.arange(H, device=dev).view(1, H), pos.view(1, 1))  # broadcast to (B, H)
+    buf.index_put_(index, x.to(buf.dtype))
+
+
 def _attention(attn, x: torch.Tensor, rope, ve, cache: KVCache, pos) -> torch.Tensor:
     """gpt.CausalSelfAttention.forward for one token per row. x: (B, C) -> (B, C)."""
     B, C = x.shape
@@ -149,11 +161,9 @@ def _attention(attn, x: torch.Tensor, rope, ve, cache: KVCache, pos) -> torch.Te
         q, k = qk[:, :H], qk[:, H:]
     q = q.unsqueeze(2)  # (B, H, 1, D)
     if torch.is_tensor(pos):  # static shapes: write at pos, attend over the whole cache with a mask
+        _write_at(cache.k, attn.layer_idx, pos, k)
+        _write_at(cache.v, attn.layer_idx, pos, v)
         ck, cv = cache.k[attn.layer_idx], cache.v[attn.layer_idx]  # (B, Hkv, T_max, D)
-        # an index_put_ at a device index (as gpt-fast writes its cache): torch.compile turns it back
-        # into an in-place write of one position, rather than a copy of the whole cache
-        ck[:, :, pos.view(1)] = k.unsqueeze(2).to(ck.dtype)
-        cv[:, :, pos.view(1)] = v.unsqueeze(2).to(cv.dtype)
         k_pos = torch.arange(ck.size(2), device=ck.device)  # (T_max,)
         allowed = (k_pos <= pos) & (pos - k_pos < attn.window)  # causal and inside the window
         y = F.scaled_dot_product_attention(q, ck, cv, attn_mask=allowed.view(1, 1, 1, -1), enable_gqa=H != Hkv)

@@ -15,13 +15,7 @@ from mini_nanochat.fast_decode import (SPLIT_ROWS_MAX, decode_step, row_split_al
                                        use_row_split)
 from mini_nanochat.gpt import GPT, GPTConfig, KVCache
 
-CONFIGS = {
-    "modern": dict(),
-    "modern-windows-gqa": dict(window_pattern="SL", n_kv_head=1),
-    "modern-ve": dict(value_embeds=True, window_pattern="SSL"),
-    "gpt2": dict(preset="gpt2"),
-    "llama": dict(preset="llama"),
-}
+from test_engine import CONFIGS  # the presets and switches every decode test covers (same directory)
 
 
 def noisy_model(name: str, vocab: int = 97, T: int = 32, device: str = "cpu") -> GPT:

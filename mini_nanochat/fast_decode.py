@@ -12,7 +12,7 @@ One function, `decode_step(model, idx, cache, pos)`, two layouts of the same ari
 
   pos an int     the cache holds `pos` positions; attention reads the live window as a slice of it.
                  On a multi-core CPU the matrix products with few rows go through `row_split_linear`
-                 where it is measured faster on the machine (ADR 0026). This is the CPU path.
+                 where it measured faster on this machine (row_split_plan, ADR 0026). This is the CPU path.
   pos a tensor   static shapes: `pos` is a 0-dim tensor on the device, the new keys/values are written
                  at `pos` with one index_put_, and attention covers the cache's whole length with a mask
                  built from `pos`. No shape and no Python value changes from step to step, so the step
@@ -24,10 +24,13 @@ k together, which saves element-wise ops per layer.
 """
 from __future__ import annotations
 
+import time
+import weakref
+
 import torch
 import torch.nn.functional as F
 
-from .gpt import GPT, KVCache, apply_rope, attend, rms
+from .gpt import GPT, KVCache, Linear, apply_rope, attend, rms
 
 # ----------------------------------------------------------------------------------------------------
 # Row-split matrix products (CPU, ADR 0026)
@@ -56,31 +59,17 @@ def row_split_linear(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
     return y.view(O, M).t().contiguous().view(*x.shape[:-1], O)  # (..., O)
 
 
-def row_split_allowed(x: torch.Tensor, w: torch.Tensor) -> int:
-    """How many blocks row_split_linear could use (0 = not applicable): only for inference on a
-    multi-core CPU, fp32, few rows, and output rows that split evenly. Training, GPUs and compiled
-    graphs keep the plain call."""
-    if not ROW_SPLIT or x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
-        return 0
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return 0
-    n = torch.get_num_threads()
-    if n < 2 or x.numel() > SPLIT_ROWS_MAX * x.size(-1) or w.size(0) % n:
-        return 0
-    return n
-
-
 # Whether row-split beats F.linear depends on the CPU and its BLAS: on the AMD EPYC (AVX2) machine of
 # ADR 0026 it was 1.3-3x faster at 1 row; on an Intel Xeon with AVX512-BF16 (2026-11-30) F.linear was
-# 1.5-3.5x faster at every shape we tried. So the choice is measured, once per shape and thread count,
-# on the machine that decodes, the first time that shape is seen (a few ms).
-_MEASURED: dict[tuple[int, int, int, int], int] = {}  # (out, in, rows, threads) -> blocks, 0 = F.linear
+# 1.2-2.5x faster at every shape we tried (tools/row_split_check.py). So the choice is measured on the
+# machine that decodes: once per (weight shapes, rows, threads), a few ms, kept for the process.
+_PLANS: dict[tuple, dict[tuple[int, int], int]] = {}
+_SHAPES: "weakref.WeakKeyDictionary[GPT, tuple]" = weakref.WeakKeyDictionary()  # model -> its weight shapes
 
 
 def _time_linear(fn, reps: int = 5) -> float:
-    import time
-
-    fn()  # warm-up
+    """Median seconds of fn() over `reps` calls after one warm-up."""
+    fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -89,34 +78,51 @@ def _time_linear(fn, reps: int = 5) -> float:
     return sorted(times)[reps // 2]
 
 
-def use_row_split(x: torch.Tensor, w: torch.Tensor) -> int:
-    """Blocks for row_split_linear if it is allowed here and measured faster than F.linear for this
-    shape on this machine, else 0 (use F.linear)."""
-    n = row_split_allowed(x, w)
-    if not n:
-        return 0
-    key = (w.size(0), w.size(1), x.numel() // x.size(-1), n)
-    if key not in _MEASURED:
-        plain = _time_linear(lambda: F.linear(x, w))
-        split = _time_linear(lambda: row_split_linear(x, w, n))
-        _MEASURED[key] = n if split < 0.95 * plain else 0
-    return _MEASURED[key]
+def row_split_plan(model: GPT, rows: int) -> dict[tuple[int, int], int]:
+    """{weight shape (out, in): blocks for row_split_linear, 0 = F.linear} for decoding `rows` rows.
+
+    Empty (every product through F.linear) unless row-split can apply: ROW_SPLIT on, the model on a CPU
+    in fp32, at least 2 threads, at most SPLIT_ROWS_MAX rows. Otherwise each weight shape of the model
+    gets row-split only if it measured at least 10% faster than F.linear here (random weights of that
+    shape; the arithmetic cost does not depend on the values). Decided once per step, so each product
+    then costs one dict lookup."""
+    threads = torch.get_num_threads()
+    if (not ROW_SPLIT or model.compute_dtype != torch.float32 or model.wte.weight.device.type != "cpu"
+            or threads < 2 or rows > SPLIT_ROWS_MAX):
+        return {}
+    if model not in _SHAPES:
+        _SHAPES[model] = tuple(sorted({tuple(m.weight.shape) for m in model.modules() if isinstance(m, Linear)}
+                                      | {tuple(model.wte.weight.shape)}))  # wte: the tied unembedding
+    key = (_SHAPES[model], rows, threads)
+    if key not in _PLANS:
+        plan = {}
+        for out_f, in_f in key[0]:
+            n = threads if out_f % threads == 0 else 0
+            if n:
+                w, x = torch.randn(out_f, in_f), torch.randn(rows, in_f)
+                plain = _time_linear(lambda: F.linear(x, w))
+                split = _time_linear(lambda: row_split_linear(x, w, n))
+                n = n if split < 0.9 * plain else 0  # a clear win only: one noisy timing must not flip it
+            plan[(out_f, in_f)] = n
+        _PLANS[key] = plan
+    return _PLANS[key]
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or its row-split form for few-row inference on CPU. w and b are cast to x's dtype (the
-    model keeps fp32 master weights and computes in model.compute_dtype, like gpt.Linear)."""
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, plan: dict | None = None) -> torch.Tensor:
+    """F.linear, or its row-split form where `plan` (row_split_plan) says so for w's shape. w and b are
+    cast to x's dtype: the model keeps fp32 master weights and computes in model.compute_dtype, like
+    gpt.Linear."""
     w = w.to(x.dtype)
     b = b.to(x.dtype) if b is not None else None
-    n = use_row_split(x, w)
+    n = plan.get(w.shape, 0) if plan else 0  # torch.Size hashes like the tuple it is
     if not n:
         return F.linear(x, w, b)
     y = row_split_linear(x, w, n)
     return y if b is None else y + b
 
 
-def _lin(x: torch.Tensor, module) -> torch.Tensor:
-    return linear(x, module.weight, module.bias)
+def _lin(x: torch.Tensor, module, plan: dict) -> torch.Tensor:
+    return linear(x, module.weight, module.bias, plan)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,15 +148,15 @@ def _write_at(buf: torch.Tensor, layer: int, pos: torch.Tensor, x: torch.Tensor)
     buf.index_put_(index, x.to(buf.dtype))
 
 
-def _attention(attn, x: torch.Tensor, rope, ve, cache: KVCache, pos) -> torch.Tensor:
+def _attention(attn, x: torch.Tensor, rope, ve, cache: KVCache, pos, plan: dict) -> torch.Tensor:
     """gpt.CausalSelfAttention.forward for one token per row. x: (B, C) -> (B, C)."""
     B, C = x.shape
     H, Hkv, D = attn.n_head, attn.n_kv_head, attn.head_dim
-    q = _lin(x, attn.c_q).view(B, H, D)
-    k = _lin(x, attn.c_k).view(B, Hkv, D)
-    v = _lin(x, attn.c_v).view(B, Hkv, D)
+    q = _lin(x, attn.c_q, plan).view(B, H, D)
+    k = _lin(x, attn.c_k, plan).view(B, Hkv, D)
+    v = _lin(x, attn.c_v, plan).view(B, Hkv, D)
     if ve is not None:
-        gate = 2 * torch.sigmoid(_lin(x[:, : attn.ve_gate.in_features], attn.ve_gate))  # (B, Hkv)
+        gate = 2 * torch.sigmoid(_lin(x[:, : attn.ve_gate.in_features], attn.ve_gate, plan))  # (B, Hkv)
         v = v + gate.unsqueeze(-1) * ve.view(B, Hkv, D)
     if rope is not None or attn.qk_norm:
         qk = torch.cat([q, k], 1)  # (B, H + Hkv, D): rotate and normalise q and k in one go
@@ -170,19 +176,19 @@ def _attention(attn, x: torch.Tensor, rope, ve, cache: KVCache, pos) -> torch.Te
     else:
         ck, cv = cache.update(attn.layer_idx, k.unsqueeze(2), v.unsqueeze(2))  # (B, Hkv, pos + 1, D)
         y = attend(q, ck, cv, attn.window)  # (B, H, 1, D)
-    return _lin(y.reshape(B, C), attn.c_proj)
+    return _lin(y.reshape(B, C), attn.c_proj, plan)
 
 
-def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+def _mlp(mlp, x: torch.Tensor, plan: dict) -> torch.Tensor:
     """gpt.MLP.forward on (B, C) rows."""
-    h = _lin(x, mlp.c_fc)
+    h = _lin(x, mlp.c_fc, plan)
     if mlp.kind == "relu2":
         h = F.relu(h).square()
     elif mlp.kind == "gelu":
         h = F.gelu(h, approximate="tanh")
     else:
-        h = F.silu(_lin(x, mlp.c_gate)) * h
-    return _lin(h, mlp.c_proj)
+        h = F.silu(_lin(x, mlp.c_gate, plan)) * h
+    return _lin(h, mlp.c_proj, plan)
 
 
 def decode_step(model: GPT, idx: torch.Tensor, cache: KVCache, pos) -> torch.Tensor:
@@ -193,6 +199,7 @@ def decode_step(model: GPT, idx: torch.Tensor, cache: KVCache, pos) -> torch.Ten
     `pos` (static shapes, for CUDA graphs) `cache.pos` is not used at all. The same arithmetic as
     `model(idx.view(B, 1), kv_cache=cache)[:, -1]` (tested for every preset)."""
     cfg, dt = model.config, model.compute_dtype
+    plan = {} if torch.is_tensor(pos) else row_split_plan(model, idx.size(0))  # static (GPU) path: F.linear
     x = model.wte(idx).to(dt)  # (B, C)
     if model.wpe is not None:
         x = x + _rows_at(model.wpe.weight, pos).to(dt)
@@ -201,11 +208,11 @@ def decode_step(model: GPT, idx: torch.Tensor, cache: KVCache, pos) -> torch.Ten
     rope = (_rows_at(model.rope_cos, pos), _rows_at(model.rope_sin, pos)) if cfg.pos_emb == "rope" else None
     for i, block in enumerate(model.blocks):
         ve = model.value_embeds[str(i)](idx).to(dt) if str(i) in model.value_embeds else None  # (B, kv_dim)
-        x = x + _attention(block.attn, block.norm1(x), rope, ve, cache, pos)
-        x = x + _mlp(block.mlp, block.norm2(x))
+        x = x + _attention(block.attn, block.norm1(x), rope, ve, cache, pos, plan)
+        x = x + _mlp(block.mlp, block.norm2(x), plan)
     x = model.norm_f(x)
     w = model.wte.weight if model.lm_head is None else model.lm_head.weight
-    logits = linear(x, w)[:, : cfg.vocab_size].float()  # (B, V); padding rows cut off
+    logits = linear(x, w, plan=plan)[:, : cfg.vocab_size].float()  # (B, V); padding rows cut off
     if cfg.logit_softcap > 0:
         logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
     return logits

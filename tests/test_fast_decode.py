@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from mini_nanochat import fast_decode
 from mini_nanochat.engine import Engine
-from mini_nanochat.fast_decode import (SPLIT_ROWS_MAX, decode_step, row_split_allowed, row_split_linear,
-                                       use_row_split)
+from mini_nanochat.fast_decode import SPLIT_ROWS_MAX, decode_step, row_split_linear, row_split_plan
 from mini_nanochat.gpt import GPT, GPTConfig, KVCache
 
 from test_engine import CONFIGS  # the presets and switches every decode test covers (same directory)
@@ -40,45 +39,57 @@ def test_row_split_linear_equals_f_linear(out_f, in_f, rows, n):
     torch.testing.assert_close(got, F.linear(x, w), rtol=1e-5, atol=1e-5)
 
 
-def test_row_split_only_for_few_row_inference():
-    w = torch.randn(64, 32, requires_grad=True)
-    few, many = torch.randn(4, 32), torch.randn(SPLIT_ROWS_MAX + 1, 32)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert row_split_allowed(few, w) == 0  # autograd is recording: training keeps F.linear
-        with torch.no_grad():
-            assert row_split_allowed(few, w) == 2
-            assert row_split_allowed(many, w) == 0
-            assert row_split_allowed(few, w[:63]) == 0  # 63 output rows do not split in two
-            assert row_split_allowed(few.double(), w.double()) == 0
-        torch.set_num_threads(1)
-        with torch.no_grad():
-            assert row_split_allowed(few, w) == 0
-    finally:
-        torch.set_num_threads(threads)
+def fake_timer(split_time: float, calls: list):
+    """A stand-in for fast_decode._time_linear: F.linear (the first of each pair) takes 2.0, row-split
+    `split_time`."""
+    def timer(fn, reps=5):
+        calls.append(fn)
+        return 2.0 if len(calls) % 2 == 1 else split_time
+    return timer
 
 
 @pytest.mark.parametrize("split_time, expected", [(1.0, 2), (3.0, 0)])
 def test_row_split_is_used_only_where_measured_faster(monkeypatch, split_time, expected):
-    """The choice follows the measurement, made once per shape: a faster row-split is used, a slower one
-    is not (the timer is replaced by fixed figures here)."""
+    """The plan follows the measurement (the timer is replaced by fixed figures here), made once per
+    (shapes, rows, threads) and then remembered; row-split output equals F.linear's."""
     calls = []
-
-    def fake_timer(fn, reps=5):
-        calls.append(fn)
-        return 2.0 if len(calls) % 2 == 1 else split_time  # plain first, then row-split
-
-    monkeypatch.setattr(fast_decode, "_time_linear", fake_timer)
-    monkeypatch.setattr(fast_decode, "_MEASURED", {})
-    w, x = torch.randn(64, 32), torch.randn(3, 32)
+    monkeypatch.setattr(fast_decode, "_time_linear", fake_timer(split_time, calls))
+    monkeypatch.setattr(fast_decode, "_PLANS", {})
+    model = noisy_model("modern", vocab=512)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
+        plan = row_split_plan(model, 3)
+        shapes = {tuple(p.shape) for n, p in model.named_parameters() if p.dim() == 2 and "value_embeds" not in n}
+        assert set(plan) == shapes and set(plan.values()) == {expected}
+        assert len(calls) == 2 * len(shapes)
+        assert row_split_plan(model, 3) is plan and len(calls) == 2 * len(shapes)  # remembered
+        w, x = model.lm_head.weight, torch.randn(3, 64)
         with torch.no_grad():
-            assert use_row_split(x, w) == expected
-            assert use_row_split(x, w) == expected and len(calls) == 2  # measured once, then remembered
-            torch.testing.assert_close(fast_decode.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(fast_decode.linear(x, w, plan=plan), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_row_split_plan_is_empty_where_it_cannot_apply(monkeypatch):
+    monkeypatch.setattr(fast_decode, "_time_linear", fake_timer(1.0, []))  # row-split would always win
+    monkeypatch.setattr(fast_decode, "_PLANS", {})
+    model = noisy_model("modern", vocab=512)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert row_split_plan(model, SPLIT_ROWS_MAX + 1) == {}  # many rows: MKL threads F.linear itself
+        model.compute_dtype = torch.bfloat16
+        assert row_split_plan(model, 1) == {}  # fp32 only
+        model.compute_dtype = torch.float32
+        monkeypatch.setattr(fast_decode, "ROW_SPLIT", False)
+        assert row_split_plan(model, 1) == {}  # the switch
+        monkeypatch.setattr(fast_decode, "ROW_SPLIT", True)
+        torch.set_num_threads(1)
+        assert row_split_plan(model, 1) == {}  # one core: nothing to split across
+        torch.set_num_threads(2)
+        odd = noisy_model("modern", vocab=97)  # lm_head has 128 rows; all shapes split in two
+        assert all(v == 2 for v in row_split_plan(odd, 1).values())
     finally:
         torch.set_num_threads(threads)
 
@@ -157,20 +168,11 @@ def test_engine_fast_and_plain_paths_give_the_same_tokens(name):
     assert s1 == s2  # sampling too: same logits, same generator draws
 
 
-_timer_calls = [0]
-
-
-def _row_split_wins(fn, reps: int = 5) -> float:
-    """A fake timer for use_row_split: plain (first call of each pair) 2.0, row-split 1.0."""
-    _timer_calls[0] += 1
-    return 2.0 if _timer_calls[0] % 2 == 1 else 1.0
-
-
 def test_row_split_switch_does_not_change_the_tokens(monkeypatch):
-    """Row-split products (forced on for every allowed shape, 2 threads) and plain F.linear give the same
-    greedy tokens."""
-    monkeypatch.setattr(fast_decode, "_MEASURED", {})
-    monkeypatch.setattr(fast_decode, "_time_linear", _row_split_wins)
+    """Row-split products (forced on for every shape, 2 threads) and plain F.linear (ROW_SPLIT off) give
+    the same greedy tokens."""
+    monkeypatch.setattr(fast_decode, "_PLANS", {})
+    monkeypatch.setattr(fast_decode, "_time_linear", fake_timer(1.0, []))
 
     class Tok:
         special_tokens = {"<|bos|>": 0}
@@ -183,7 +185,7 @@ def test_row_split_switch_does_not_change_the_tokens(monkeypatch):
     try:
         torch.set_num_threads(2)
         on, _ = engine.generate_batch([0, 1, 2], num_samples=2, max_tokens=30, temperature=0.0)
-        assert any(fast_decode._MEASURED.values())  # row-split really ran
+        assert any(v for plan in fast_decode._PLANS.values() for v in plan.values())  # row-split really ran
         fast_decode.ROW_SPLIT = False
         off, _ = engine.generate_batch([0, 1, 2], num_samples=2, max_tokens=30, temperature=0.0)
     finally:

@@ -1,6 +1,6 @@
 """
 Does the row-split matrix product (ADR 0026) beat F.linear on THIS machine? The engine measures it by
-itself, once per shape (fast_decode.use_row_split); this script prints the same comparison as a table
+itself, once per weight shape (fast_decode.row_split_plan); this script prints the same comparison as a table
 for the d4 and d6 weight shapes, so that a learner can see why the answer differs between CPUs.
 
     python tools/row_split_check.py            # ~10 s

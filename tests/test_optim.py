@@ -80,6 +80,17 @@ def test_newton_schulz_in_bf16_stays_close_to_fp32(shape):
     assert cos > 0.99, cos
 
 
+def test_newton_schulz_compiles_without_graph_breaks():
+    """On CUDA the optimizer runs newton_schulz through torch.compile(fullgraph=True) in bf16
+    (optim._orthogonalize). Tracing it the same way on the CPU (backend "eager": trace only) checks that
+    it has no graph break, which would make fullgraph compilation fail on the GPU."""
+    torch._dynamo.reset()
+    traced = torch.compile(newton_schulz, dynamic=False, fullgraph=True, backend="eager")
+    G = torch.randn(3, 32, 96)
+    torch.testing.assert_close(traced(G, 5, dtype=torch.bfloat16), newton_schulz(G, 5, dtype=torch.bfloat16))
+    torch._dynamo.reset()
+
+
 def test_muon_update_singular_values_nearly_equal():
     torch.manual_seed(0)
     # an ill-conditioned gradient: singular values spanning 4 orders of magnitude

@@ -1,6 +1,10 @@
 """
 The one command line: `python -m mini_nanochat <stage> [--flags]` (console script: `mini-nanochat`).
 Each stage lives in mini_nanochat/stages/<stage>.py; `<stage> --help` lists its flags.
+
+Exit codes: 0 done; 2 a user mistake (bad flag, missing or mismatched artifact, full disk...), printed as
+one line `mini-nanochat <stage>: <why and what to do>` without a traceback (MINI_NANOCHAT_DEBUG=1 shows
+it); 130 interrupted (Ctrl-C); anything else is a bug in mini-nanochat, shown with its traceback.
 """
 from __future__ import annotations
 
@@ -33,9 +37,46 @@ def main(argv: list[str] | None = None) -> int:
     if name not in STAGES:
         print(f"unknown stage {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from .common import debug_enabled
+
     module = importlib.import_module(f"mini_nanochat.stages.{STAGES[name][0]}")
-    module.main(rest)
+    try:
+        module.main(rest)
+    except KeyboardInterrupt:
+        print(f"\nmini-nanochat {name}: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as e:  # noqa: BLE001 - sorted into user mistakes and bugs just below
+        message = user_message(e)
+        if message is None or debug_enabled():
+            raise
+        if message.startswith(f"{name}: "):  # older messages carry the stage's name already
+            message = message[len(name) + 2:]
+        print(f"mini-nanochat {name}: {message}", file=sys.stderr)
+        return 2
     return 0
+
+
+def user_message(e: BaseException) -> str | None:
+    """The one-line message of an error that the user can fix, or None for anything else (a bug).
+
+    User errors: UserError; a SystemExit carrying a message (argparse and older stages raise those);
+    and the library's own error types, whose messages are written for the user (a corrupt checkpoint,
+    a missing tokenizer, a failed download, a stopped training run)."""
+    from .checkpoint import CheckpointError
+    from .common import UserError
+    from .download import DownloadError
+    from .tokenizer import TokenizerError
+    from .training import TrainingError
+
+    if isinstance(e, UserError):
+        return e.message
+    if isinstance(e, SystemExit):
+        if isinstance(e.code, str):
+            return e.code
+        raise e  # a plain exit code (0, argparse's 2 after it printed its own message): pass it on
+    if isinstance(e, (CheckpointError, TokenizerError, DownloadError, TrainingError)):
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
 
 
 if __name__ == "__main__":

@@ -29,6 +29,33 @@ def get_base_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------
+# User mistakes: one line, exit code 2, no traceback (docs/adrs/0029-error-policy.md).
+
+
+class UserError(SystemExit):
+    """A mistake the user can fix: a bad flag, a missing or mismatched artifact, a full disk. The CLI
+    (`python -m mini_nanochat`) prints `mini-nanochat <stage>: <message>` on stderr and exits with code 2,
+    without a traceback (set MINI_NANOCHAT_DEBUG=1 to see one). It is a SystemExit, so a script or test
+    that calls a stage's main() directly stops the same way, and `except Exception` does not swallow it.
+
+    >>> str(UserError("--depth must be >= 1, got 0")), UserError("x").code
+    ('--depth must be >= 1, got 0', 2)
+    """
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def debug_enabled() -> bool:
+    """MINI_NANOCHAT_DEBUG=1: show tracebacks for user errors too."""
+    return os.environ.get("MINI_NANOCHAT_DEBUG", "") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Distributed info (torchrun sets these variables; a plain `python -m` run is rank 0 of 1).
 
 

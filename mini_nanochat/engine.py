@@ -20,8 +20,10 @@ tokens were not sampled, and SFT does not train on them), then generation contin
 from __future__ import annotations
 
 import ast
+import io
 import math
 import operator
+import tokenize
 from collections import deque
 from collections.abc import Iterator
 
@@ -32,77 +34,145 @@ from .gpt import KVCache
 # ====================================================================================================
 # The calculator: arithmetic and a few string operations, parsed with `ast` against a whitelist.
 # Never eval(): the expression is walked node by node and only the listed node types are interpreted.
-# Every way to make it slow or huge is bounded: input length, nesting depth, exponent size, string size.
+# Every way to make it slow or huge is bounded: input length, nesting depth, exponent size, string size,
+# and every integer that Python would use as a count or a position (ADR 0025).
 # ====================================================================================================
 
 MAX_EXPR_CHARS = 1000
-MAX_DEPTH = 40
+MAX_DEPTH = 40  # brackets open at once, and operands nested inside operands (a flat 1+2+3+... is one level)
 MAX_STR = 10_000
 MAX_POW_DIGITS = 1000  # refuse a ** b whose result would have more digits than this
+# Indices, slice bounds and steps, and the counts/positions of string methods. No string or list is longer
+# than MAX_STR, so a larger value means nothing; beyond 2**63 CPython raises OverflowError instead.
+MAX_INT_ARG = MAX_STR
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _STR_METHODS = {"count", "upper", "lower", "replace", "startswith", "endswith", "find", "strip", "split",
                 "title", "index"}
 _FUNCS = {"len": len, "abs": abs, "round": round, "min": min, "max": max}
+# what Python raises when an allowed operation gets values it cannot handle; each becomes a CalculatorError
+_ARITH_ERRORS = (ZeroDivisionError, OverflowError, TypeError, ValueError, IndexError)
 
 
 class CalculatorError(Exception):
     """The expression is not allowed or cannot be computed; the message says why."""
 
 
-def _check_size(value):
-    if isinstance(value, str) and len(value) > MAX_STR:
-        raise CalculatorError(f"string result longer than {MAX_STR} characters")
-    if isinstance(value, list) and (len(value) > MAX_STR or sum(len(str(v)) for v in value) > MAX_STR):
-        raise CalculatorError("list result too large")
-    if isinstance(value, int) and value.bit_length() > MAX_POW_DIGITS * 3.33:
-        raise CalculatorError("integer result too large")
+def _check_value(value):
+    """Every value passes here: only finite real numbers, strings and lists of strings, each within its
+    size bound. Checked after the operation, so it is the second line for sizes: operations that could
+    build something huge are bounded before they run."""
+    if isinstance(value, bool):  # startswith / endswith
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > MAX_POW_DIGITS * 3.33:
+            raise CalculatorError("integer result too large")
+    elif isinstance(value, float):
+        if not math.isfinite(value):  # 1e309, 1e308*10: inf would crash round() and int() later
+            raise CalculatorError("float result is not finite (overflow)")
+    elif isinstance(value, str):
+        if len(value) > MAX_STR:
+            raise CalculatorError(f"string result longer than {MAX_STR} characters")
+    elif isinstance(value, list):
+        if len(value) > MAX_STR or sum(len(str(v)) for v in value) > MAX_STR:
+            raise CalculatorError("list result too large")
+    elif isinstance(value, complex):  # (-8)**0.5: the only way to get one (complex literals are refused)
+        raise CalculatorError("complex result (a fractional power of a negative number?) is not allowed")
+    else:
+        raise CalculatorError(f"{type(value).__name__} result is not allowed")
     return value
 
 
+def _small_int(value, what: str) -> int:
+    """An integer used as a position or a count: at most MAX_INT_ARG either way."""
+    if not isinstance(value, int):
+        raise CalculatorError(f"{what} must be an integer")
+    if abs(value) > MAX_INT_ARG:
+        raise CalculatorError(f"{what} must be within +-{MAX_INT_ARG}")
+    return value
+
+
+def _binop(op: ast.operator, a, b):
+    """a <op> b for one whitelisted operator, with the size checks that must come before computing."""
+    if isinstance(op, ast.Pow):
+        if not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
+            raise CalculatorError("** needs numbers")
+        if abs(b) > 10_000 or (abs(a) > 1 and b > 0 and b * math.log10(abs(a)) > MAX_POW_DIGITS):
+            raise CalculatorError(f"exponent too large (result over {MAX_POW_DIGITS} digits)")
+    if isinstance(op, ast.Mult) and (isinstance(a, (str, list)) or isinstance(b, (str, list))):
+        s, n = (a, b) if isinstance(a, (str, list)) else (b, a)
+        if not isinstance(n, int):
+            raise CalculatorError("string/list repetition needs an integer count")
+        chars = len(s) if isinstance(s, str) else sum(len(x) for x in s)
+        if max(len(s), chars) * max(n, 0) > MAX_STR:  # checked before the copy is built
+            raise CalculatorError(f"string/list repetition over {MAX_STR} items")
+    if isinstance(op, ast.Mod) and not isinstance(a, (int, float)):
+        raise CalculatorError("% is only allowed on numbers (no printf-style formatting)")
+    try:
+        return _check_value(_BINOPS[type(op)](a, b))
+    except _ARITH_ERRORS as e:
+        raise CalculatorError(f"{type(e).__name__}: {e}") from None
+
+
+def _call_method(name: str, target, args: list):
+    """target.name(*args) for one of _STR_METHODS, with its integer arguments and its result bounded."""
+    if not isinstance(target, str) or not all(isinstance(a, (str, int)) for a in args):
+        raise CalculatorError(f".{name}() is only allowed on strings, with string/int arguments")
+    for a in args:  # positions (find, count, ...) and counts (replace, split): 10**100 would overflow C
+        if isinstance(a, int):
+            _small_int(a, f"integer argument of .{name}()")
+    if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        # the exact result length, computed before the result is built (count("") is len + 1, as replace uses)
+        old, new = args[0], args[1]
+        n = target.count(old)
+        if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+            n = min(n, args[2])
+        if len(target) + n * (len(new) - len(old)) > MAX_STR:
+            raise CalculatorError(f"replace() result would exceed {MAX_STR} characters")
+    try:
+        return _check_value(getattr(target, name)(*args))
+    except _ARITH_ERRORS as e:
+        raise CalculatorError(f".{name}(): {e}") from None
+
+
 def _eval(node, depth: int = 0):
+    """The value of one whitelisted node. `depth` counts the operations this node is nested inside: each
+    operand, argument, index and unary operand is one level deeper than its parent, except the left spine
+    of an operator chain (below)."""
     if depth > MAX_DEPTH:
         raise CalculatorError(f"expression nested deeper than {MAX_DEPTH}")
     d = depth + 1
-    if isinstance(node, ast.Expression):
-        return _eval(node.body, d)
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str)) and not isinstance(node.value, bool):
-        return _check_size(node.value)
+        return _check_value(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         v = _eval(node.operand, d)
         if not isinstance(v, (int, float)):
             raise CalculatorError("unary +/- needs a number")
         return _UNARY[type(node.op)](v)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        a, b = _eval(node.left, d), _eval(node.right, d)
-        if isinstance(node.op, ast.Pow):
-            if not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
-                raise CalculatorError("** needs numbers")
-            if abs(b) > 10_000 or (abs(a) > 1 and b > 0 and b * math.log10(abs(a)) > MAX_POW_DIGITS):
-                raise CalculatorError(f"exponent too large (result over {MAX_POW_DIGITS} digits)")
-        if isinstance(node.op, ast.Mult) and (isinstance(a, (str, list)) or isinstance(b, (str, list))):
-            s, n = (a, b) if isinstance(a, (str, list)) else (b, a)
-            if not isinstance(n, int) or len(s) * max(n, 0) > MAX_STR:
-                raise CalculatorError(f"string/list repetition over {MAX_STR} items")
-        if isinstance(node.op, ast.Mod) and not isinstance(a, (int, float)):
-            raise CalculatorError("% is only allowed on numbers (no printf-style formatting)")
-        try:
-            return _check_size(_BINOPS[type(node.op)](a, b))
-        except (ZeroDivisionError, OverflowError, TypeError, ValueError) as e:
-            raise CalculatorError(f"{type(e).__name__}: {e}") from None
+        # `1+2+3+4` parses as (((1+2)+3)+4): a spine of BinOps down the left, as long as the sum. As written
+        # it is flat, so walk the spine with a loop: the whole chain is one level of depth and one Python
+        # frame, and a long sum is limited by MAX_EXPR_CHARS only. Parentheses that really nest the left
+        # side, `((1+2)+3)`, are counted by the bracket check in calculator().
+        spine = [node]
+        while isinstance(spine[-1].left, ast.BinOp) and type(spine[-1].left.op) in _BINOPS:
+            spine.append(spine[-1].left)
+        value = _eval(spine[-1].left, d)
+        for op_node in reversed(spine):  # innermost first: the order Python evaluates in
+            value = _binop(op_node.op, value, _eval(op_node.right, d))
+        return value
     if isinstance(node, ast.Subscript):
         v = _eval(node.value, d)
         if not isinstance(v, (str, list)):
             raise CalculatorError("only strings and lists can be indexed")
         if isinstance(node.slice, ast.Slice):
-            parts = [None if x is None else _eval(x, d) for x in (node.slice.lower, node.slice.upper, node.slice.step)]
-            if not all(p is None or isinstance(p, int) for p in parts):
-                raise CalculatorError("slice bounds must be integers")
+            parts = [None if x is None else _small_int(_eval(x, d), f"slice {what}")
+                     for x, what in ((node.slice.lower, "start"), (node.slice.upper, "stop"), (node.slice.step, "step"))]
+            if parts[2] == 0:
+                raise CalculatorError("slice step cannot be zero")
             return v[slice(*parts)]
-        i = _eval(node.slice, d)
-        if not isinstance(i, int):
-            raise CalculatorError("index must be an integer")
+        i = _small_int(_eval(node.slice, d), "index")
         try:
             return v[i]
         except IndexError as e:
@@ -113,27 +183,31 @@ def _eval(node, depth: int = 0):
                 not isinstance(args[1], int) or abs(args[1]) > 1000):
             raise CalculatorError("round(): ndigits must be an integer within +-1000")
         if isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
-            try:
-                return _check_size(_FUNCS[node.func.id](*args))
-            except (TypeError, ValueError) as e:
+            try:  # arguments are bounded values already: min/max scan at most MAX_STR items
+                return _check_value(_FUNCS[node.func.id](*args))
+            except _ARITH_ERRORS as e:
                 raise CalculatorError(f"{node.func.id}(): {e}") from None
         if isinstance(node.func, ast.Attribute) and node.func.attr in _STR_METHODS:
-            target = _eval(node.func.value, d)
-            if node.func.attr == "replace" and len(args) >= 2 and isinstance(target, str) and isinstance(args[1], str) \
-                    and len(target) * max(1, len(args[1])) > 10 * MAX_STR:
-                raise CalculatorError(f"replace() result could exceed {MAX_STR} characters")
-            if not isinstance(target, str) or not all(isinstance(a, (str, int)) for a in args):
-                raise CalculatorError(f".{node.func.attr}() is only allowed on strings, with string/int arguments")
-            try:
-                return _check_size(getattr(target, node.func.attr)(*args))
-            except (TypeError, ValueError) as e:
-                raise CalculatorError(f".{node.func.attr}(): {e}") from None
+            return _call_method(node.func.attr, _eval(node.func.value, d), args)
         raise CalculatorError("only len/abs/round/min/max and a few string methods may be called")
     if isinstance(node, ast.Attribute):
         raise CalculatorError("attribute access is not allowed")
     if isinstance(node, ast.Name):
         raise CalculatorError(f"unknown name {node.id!r}: only literals, arithmetic and a few functions")
     raise CalculatorError(f"{type(node).__name__} is not allowed in the calculator")
+
+
+def _bracket_depth(expr: str) -> int:
+    """The most brackets ( [ { open at once, read from Python's own tokens (so a '(' inside a string
+    literal does not count). Parentheses leave no node in the tree, so _eval cannot see them."""
+    depth = deepest = 0
+    for tok in tokenize.generate_tokens(io.StringIO(expr).readline):
+        if tok.type == tokenize.OP and tok.string in ("(", "[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif tok.type == tokenize.OP and tok.string in (")", "]", "}"):
+            depth -= 1
+    return deepest
 
 
 def calculator(expr: str) -> str:
@@ -154,13 +228,20 @@ def calculator(expr: str) -> str:
         raise CalculatorError(f"expression longer than {MAX_EXPR_CHARS} characters")
     if "__" in expr:
         raise CalculatorError("dunder names are not allowed")
+    expr = expr.strip()
     try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as e:
-        raise CalculatorError(f"not a valid expression: {e.msg}") from None
-    except RecursionError:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError) as e:  # ValueError: a NUL character, on older Pythons
+        raise CalculatorError(f"not a valid expression: {getattr(e, 'msg', e)}") from None
+    except (RecursionError, MemoryError):  # the parser's own stack limit
         raise CalculatorError(f"expression nested deeper than {MAX_DEPTH}") from None
-    value = _eval(tree)
+    try:
+        brackets = _bracket_depth(expr)
+    except (tokenize.TokenError, SyntaxError) as e:  # not expected once ast.parse has accepted the text
+        raise CalculatorError(f"not a valid expression: {e}") from None
+    if brackets > MAX_DEPTH:
+        raise CalculatorError(f"expression nested deeper than {MAX_DEPTH} (brackets)")
+    value = _eval(tree.body)
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16 and "/" not in expr:
         value = int(value)
     return str(value)

@@ -175,7 +175,15 @@ def test_tool_call_injects_calculator_output(tok):
 @pytest.mark.parametrize("expr, value", [("1+2*3", "7"), ("2**10", "1024"), ("7/2", "3.5"), ("-(3-5)", "2"),
                                          ("'strawberry'.count('r')", "3"), ("len('hello')", "5"),
                                          ("'ab'*3", "ababab"), ("'Hello'.upper()", "HELLO"), ("'hello'[1:3]", "el"),
-                                         ("max(3, 9, 4)", "9"), ("round(3.14159, 2)", "3.14")])
+                                         ("max(3, 9, 4)", "9"), ("round(3.14159, 2)", "3.14"),
+                                         # depth counts nesting, not length: a flat sum is one level
+                                         ("+".join(["1"] * 41), "41"), ("1+" * 499 + "1", "500"),
+                                         ("1-2+3*4-5", "6"), ("2**3**2", "512"), ("(2**3)**2", "64"),
+                                         ("-" * 40 + "1", "1"), ("(" * 40 + "1" + ")" * 40, "1"),
+                                         ("'a'" + ".upper().lower()" * 20, "a"),
+                                         ("'" + "(" * 50 + "'.count('(')", "50"),  # brackets in a string do not nest
+                                         ("'abc'[::-1]", "cba"), ("'a b c'.split(' ', 1)", "['a', 'b c']"),
+                                         ("('xx').replace('', '-')", "-x-x-"), ("'abcabc'.find('c', 3)", "5")])
 def test_calculator_computes(expr, value):
     assert calculator(expr) == value
 
@@ -195,7 +203,13 @@ def test_calculator_computes(expr, value):
     ("'a'*10**7", "repetition"),
     ("-" * 100 + "1", "nested deeper"),
     ("(" * 60 + "1" + "+1)" * 60, "nested deeper"),
-    ("1+" * 300 + "1", "nested deeper"),
+    # 41 levels of nesting, each way there is to nest (a flat 1+1+... of any length is fine: test_calculator_computes)
+    ("(" * 41 + "1" + ")" * 41, "nested deeper"),
+    ("1+(" * 41 + "1" + ")" * 41, "nested deeper"),
+    ("-" * 41 + "1", "nested deeper"),
+    ("'a'" + ".upper()" * 41, "nested deeper"),
+    ("'abc'" + "[0]" * 41, "nested deeper"),
+    ("2**" * 41 + "1", "nested deeper"),
     ("'x' * 5000 + 'y' * 6000", "longer than"),
     ("1/0", "ZeroDivisionError"),
     ("round(1, -10**9)", "ndigits"),
@@ -204,7 +218,62 @@ def test_calculator_computes(expr, value):
     ("('x'*10000).replace('x', 'y'*10000)", "replace"),
     ("import os", "not a valid expression"),
     ("1" * 2000, "longer than 1000"),
+    ("1\x00", "not a valid expression"),
+    # issue #12: each of these escaped as OverflowError / ValueError, or returned a complex number
+    ("round(1e309)", "not finite"),
+    ("1e309", "not finite"),
+    ("round(1e308 * 10)", "not finite"),
+    ("'x'.replace('x', 'y', 10**100)", "within"),
+    ("'a b'.split('a', 10**100)", "within"),
+    ("'abc'[::0]", "step cannot be zero"),
+    ("(-8)**0.5", "complex"),
+    ("abs((-1)**0.5)", "complex"),
+    # every other integer that Python uses as a position or a count, huge
+    ("'abc'[10**100]", "index must be within"),
+    ("'abc'[:10**100]", "slice stop"),
+    ("'abc'[-10**100:]", "slice start"),
+    ("'abc'[::10**100]", "slice step"),
+    ("'abc'.find('a', 10**100)", "within"),
+    ("'abc'.count('a', 0, -10**100)", "within"),
+    ("'abc'.index('a', 10**100)", "within"),
+    ("'abc'.startswith('a', 10**100)", "within"),
+    ("'abc'.endswith('c', 0, 10**100)", "within"),
+    ("round(1.5, 10**100)", "ndigits"),
+    ("round(1.5, 2.0)", "ndigits"),
+    # repetition and the things built by it (min/max scan only lists that passed these bounds)
+    ("'ab' * 10**100", "repetition"),
+    ("'ab' * 2.5", "integer count"),
+    ("('a'*5000).split('b') * 3", "repetition"),  # 3 items, but 15,000 characters
+    ("max(('a'*5000).split('a') * 2)", "repetition"),
+    ("min('x'*10001)", "repetition"),
+    ("max(('a'*10000).split('a'))", "list result too large"),
+    ("('x'*5000).replace('', 'y')", "replace"),  # 10,001 insertions: the exact length is checked first
 ])
 def test_calculator_rejects_attacks_clearly(attack, message):
     with pytest.raises(CalculatorError, match=message):
         calculator(attack)
+
+
+def test_calculator_only_ever_raises_calculator_error():
+    """A small exhaustive fuzz: every allowed operation applied to extreme values (huge, negative, zero,
+    non-finite, empty, long) returns text or raises CalculatorError, and quickly. Before issue #12,
+    OverflowError, ValueError and complex results came out of this."""
+    import itertools
+    import time
+
+    values = ["0", "-1", "10**100", "-10**100", "10**999", "0.5", "1e308", "(-8)", "''", "'a b'", "('x'*9999)"]
+    templates = ["{a}[{b}]", "{a}[{b}:{c}:{b}]", "{a}.replace({b}, {c}, {a})", "{a}.split({b}, {c})",
+                 "{a}.find({b}, {c}, {a})", "{a}.count({b}, {c})", "round({a}, {b})", "round({a})", "{a}**{b}",
+                 "{a}*{b}", "{a}/{b}", "{a}//{b}", "{a}%{b}", "min({a}, {b})", "max({a}*{b})", "abs({a}**{b})",
+                 "len({a}*{b})", "-{a}**{c}"]
+    slowest = 0.0
+    for template in templates:
+        for a, b, c in itertools.product(values, repeat=3):
+            expr = template.format(a=a, b=b, c=c)
+            t = time.perf_counter()
+            try:
+                assert isinstance(calculator(expr), str)
+            except CalculatorError:
+                pass
+            slowest = max(slowest, time.perf_counter() - t)
+    assert slowest < 0.5, slowest

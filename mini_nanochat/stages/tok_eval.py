@@ -8,6 +8,9 @@ GPT-4 (cl100k_base) and GPT-4o (o200k_base)? And how exactly does it cut a given
 
 Compression is measured in bytes (UTF-8) per token: higher means fewer tokens for the same text, i.e. a
 longer effective context and cheaper training per byte.
+
+Bad flags are refused before any work with a one-line error (exit code 2): --name must be a plain name,
+--max-chars positive, --compare a comma-separated subset of gpt2, cl100k_base, o200k_base.
 """
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from ..common import atomic_write, get_base_dir, print0, print_config
+from ..common import UserError, atomic_write, get_base_dir, print0, print_config
 from ..dataset import EMBEDDED_SOURCES, corpus_dir, iter_texts, manifest_is_complete
-from ..tokenizer import Tokenizer, get_tokenizer
+from ..tokenizer import Tokenizer, TokenizerError, get_tokenizer, tokenizer_dir
 
 REFERENCES = ["gpt2", "cl100k_base", "o200k_base"]
 
@@ -118,9 +121,24 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> list[str]:
+    """Refuse bad flags with a one-line UserError before any work; return the reference names."""
+    try:
+        tokenizer_dir(args.name)
+    except TokenizerError as e:
+        raise UserError(f"--name: {e}") from e
+    if args.max_chars <= 0:
+        raise UserError(f"--max-chars must be a positive number of characters per kind of text, got {args.max_chars}")
+    refs = [r.strip() for r in args.compare.split(",") if r.strip()]
+    unknown = [r for r in refs if r not in REFERENCES]
+    if unknown:
+        raise UserError(f"--compare: unknown reference tokenizer(s) {unknown}; choose from {', '.join(REFERENCES)}")
+    return refs
+
+
 def run(args: argparse.Namespace) -> dict:
-    refs = [r for r in args.compare.split(",") if r]
-    config = {"tokenizer": str(get_base_dir() / "tokenizer" / args.name), "corpus": args.corpus,
+    refs = check_args(args)
+    config = {"tokenizer": str(tokenizer_dir(args.name)), "corpus": args.corpus,
               "compare": refs, "max_chars": args.max_chars, "show": args.show, "html": args.html}
     print_config("tok-eval", config)
     tokenizers = {"ours": get_tokenizer(args.name)} | {r: Tokenizer.from_tiktoken(r) for r in refs}

@@ -8,6 +8,7 @@ it); 130 interrupted (Ctrl-C); anything else is a bug in mini-nanochat, shown wi
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -60,8 +61,9 @@ def user_message(e: BaseException) -> str | None:
     """The one-line message of an error that the user can fix, or None for anything else (a bug).
 
     User errors: UserError; a SystemExit carrying a message (argparse and older stages raise those);
-    and the library's own error types, whose messages are written for the user (a corrupt checkpoint,
-    a missing tokenizer, a failed download, a stopped training run)."""
+    the library's own error types, whose messages are written for the user (a corrupt checkpoint, a
+    missing tokenizer, a failed download, a stopped training run); and the file-system refusals a user
+    fixes outside the program (permission denied, read-only file system, disk full)."""
     from .checkpoint import CheckpointError
     from .common import UserError
     from .download import DownloadError
@@ -76,6 +78,10 @@ def user_message(e: BaseException) -> str | None:
         raise e  # a plain exit code (0, argparse's 2 after it printed its own message): pass it on
     if isinstance(e, (CheckpointError, TokenizerError, DownloadError, TrainingError)):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or type(e).__name__}{where} (check the permissions and free space of the base " \
+               f"directory, or point MINI_NANOCHAT_HOME at another one)"
     return None
 
 

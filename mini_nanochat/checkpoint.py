@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .common import sha256_file
+
 
 class CheckpointError(Exception):
     """A checkpoint could not be written or read; the message says why and what to do."""
@@ -56,12 +58,49 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+def _clean_stale_temps(ck_root: Path) -> None:
+    """Remove `.step_*.tmp-PID` folders left by a process that died while saving (or by this one): they
+    are never complete checkpoints, and on a full disk they are what keeps it full. A folder whose PID
+    is still alive belongs to another save in progress and is left alone."""
+    for tmp in ck_root.glob(".step_*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        alive = pid != os.getpid()
+        if alive:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:  # someone else's live process
+                pass
+        if not alive:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _why_write_failed(e: BaseException, where: Path) -> str:
+    """A short reason for a failed checkpoint write. torch.save reports a full disk as a RuntimeError
+    ("file write failed"), not as OSError 28, so the free space is checked too."""
+    free = None
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        pass
+    if (isinstance(e, OSError) and e.errno == 28) or "No space left" in str(e) or (free is not None and free < 64 << 20):
+        return f"the disk is full ({free / 2**20:.0f} MiB free)" if free is not None else "the disk is full"
+    if isinstance(e, OSError) and e.errno == 13:
+        return "permission denied"
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Module, optimizer=None,
                     loader_state: dict | None = None, meta: dict | None = None, keep_last: int = 3,
                     optimizer_state: dict | None = None) -> Path:
     """Write checkpoint `step` atomically; prune to the newest `keep_last`. Raises CheckpointError.
     `optimizer_state` (a state_dict, e.g. gathered from the ranks of a sharded optimizer) is saved
-    instead of `optimizer.state_dict()` when given."""
+    instead of `optimizer.state_dict()` when given. meta.json records the sha256 of model.safetensors
+    and optim.pt, checked when the checkpoint is loaded (a flipped bit or a truncated copy is found)."""
     from safetensors.torch import save_file
 
     ck_root = Path(run_dir) / "checkpoints"
@@ -69,8 +108,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     tmp = ck_root / f".step_{step:06d}.tmp-{os.getpid()}"
     try:
         ck_root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _clean_stale_temps(ck_root)
         tmp.mkdir()
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
@@ -81,8 +119,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         elif optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
         torch.save(state, tmp / "optim.pt")
+        sums = {"weights_sha256": sha256_file(tmp / "model.safetensors"), "optim_sha256": sha256_file(tmp / "optim.pt")}
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:
-            json.dump({"step": step, "git_commit": git_commit(), **(meta or {})}, f, indent=2, default=str)
+            json.dump({"step": step, "git_commit": git_commit(), **(meta or {}), **sums}, f, indent=2, default=str)
         for name in ("model.safetensors", "optim.pt", "meta.json"):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
@@ -90,14 +129,59 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(ck_root)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - OSError, and torch.save's RuntimeError on a full disk
         shutil.rmtree(tmp, ignore_errors=True)
-        hint = "the disk is full" if e.errno == 28 else ("permission denied" if e.errno == 13 else str(e))
-        raise CheckpointError(f"could not write checkpoint {final}: {hint}. The previous checkpoints are "
-                              f"untouched; free space / fix permissions and resume with --resume.") from e
+        raise CheckpointError(f"could not write checkpoint {final}: {_why_write_failed(e, ck_root)}. The previous "
+                              f"checkpoints are untouched; free space / fix permissions and resume with --resume.") from e
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """A checkpoint's meta.json, validated: a JSON object with an integer "step" and, where present, a
+    dict "model_config" and string checksums. Raises CheckpointError naming the file and the problem."""
+    f = Path(path) / "meta.json"
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f} is missing or corrupt ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or isinstance(meta.get("step"), bool):
+        raise CheckpointError(f"{f} is not a checkpoint's meta.json (no integer 'step')")
+    if "model_config" in meta and not isinstance(meta["model_config"], dict):
+        raise CheckpointError(f"{f}: 'model_config' is not an object")
+    for key in ("weights_sha256", "optim_sha256", "tokenizer_sha256"):
+        if key in meta and not (isinstance(meta[key], str) and len(meta[key]) == 64):
+            raise CheckpointError(f"{f}: '{key}' is not a sha256 hex digest")
+    return meta
+
+
+def verify_checkpoint(path: str | os.PathLike, optimizer: bool = True) -> dict:
+    """Check a checkpoint against the checksums in its meta.json (model.safetensors, and optim.pt unless
+    optimizer=False); return the meta. Checkpoints written before checksums were recorded pass on the
+    meta alone. Raises CheckpointError naming the file that does not match."""
+    path = Path(path)
+    meta = read_meta(path)
+    files = [("model.safetensors", "weights_sha256")] + ([("optim.pt", "optim_sha256")] if optimizer else [])
+    for name, key in files:
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name} is missing")
+        if key in meta and sha256_file(path / name) != meta[key]:
+            raise CheckpointError(f"{path / name} does not match the checksum in meta.json (corrupt or truncated)")
+    return meta
+
+
+def latest_valid_checkpoint(run_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of a run that passes verify_checkpoint, and a note for each newer one that
+    did not (newest first). (None, notes) if none is valid."""
+    notes = []
+    for ck in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(ck)
+            return ck, notes
+        except CheckpointError as e:
+            notes.append(str(e))
+    return None, notes
 
 
 def _load_weights(path: Path, model: torch.nn.Module) -> None:
@@ -123,8 +207,8 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     load_state_dict then moves each state tensor to its parameter's device. For inference, use
     load_model, which does not read optim.pt at all."""
     path = Path(path)
+    meta = verify_checkpoint(path)
     try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         if model is not None:
             _load_weights(path, model)
         state = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
@@ -171,11 +255,11 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", dt
     from .gpt import GPT, GPTConfig
 
     ck = find_checkpoint(source)
+    meta = verify_checkpoint(ck, optimizer=False)  # weights checked against meta.json; optim.pt not read
     try:
-        meta = json.loads((ck / "meta.json").read_text(encoding="utf-8"))
         config = GPTConfig.from_dict(meta["model_config"])
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {ck}: meta.json is missing or corrupt ({type(e).__name__}: {e})") from e
+    except Exception as e:  # noqa: BLE001 - missing key, unknown field, invalid value
+        raise CheckpointError(f"checkpoint {ck}: meta.json has no valid model_config ({type(e).__name__}: {e})") from e
     device = str(device)
     model = GPT(config, device=device, compute_dtype=dtype or compute_dtype(device))
     try:

@@ -280,6 +280,13 @@ def seed_everything(seed: int) -> None:
 # later stage mistakes for a complete one, so everything is written to a temp file and renamed.
 
 
+def _file_mode() -> int:
+    """The permissions a plain open() would give a new file here: 0666 minus the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temp file next to `path`; on success fsync and rename it over `path` (atomic on POSIX).
@@ -291,6 +298,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp makes 0600 files; the artifact gets the usual permissions
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
@@ -300,6 +308,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_valid_checkpoint, list_checkpoints, load_checkpoint, read_meta, save_checkpoint
 from .common import get_dist_info, print0
-from .distributed import all_reduce, gather_objects
+from .distributed import all_reduce, barrier, gather_objects
 
 
 class TrainingError(Exception):
@@ -112,6 +112,54 @@ def train_step(model, optimizer: torch.optim.Optimizer, batches, grad_accum: int
     return value
 
 
+# ---- memory -------------------------------------------------------------------------------------------
+
+def estimate_training_bytes(model, batch: int, seq_len: int) -> int:
+    """A rough peak-memory estimate of one training step, in bytes:
+
+      16 bytes per parameter   fp32 weights (4) + gradients (4) + optimizer state (AdamW 8, Muon 4; 8 assumed)
+      per token, per layer     12 x width activations kept for backward, in the compute dtype
+      per token                12 bytes per vocabulary entry: fp32 logits, their soft-capped copy, their gradient
+
+    Calibrated on one measurement: our d20 step at T 2048, B 32, vocab 32768 in bf16 peaked at 73.7 GB on
+    an H200 (../shared/anchors.md); this formula gives 73.7 GB there (the activation factor 12 was fitted to it). Good to tens of percent, enough to
+    refuse a batch that is several times too big before it runs out of memory halfway through a step."""
+    cfg = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    act_bytes = torch.finfo(model.compute_dtype).bits // 8
+    per_token = cfg.n_layer * 12 * cfg.n_embd * act_bytes + 12 * cfg.padded_vocab_size
+    return 16 * n_params + batch * seq_len * per_token
+
+
+def available_bytes(device: str) -> int | None:
+    """Memory free for this process: the GPU's free memory on CUDA, MemAvailable on a Linux CPU, else None."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    if device == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def check_memory(model, batch: int, seq_len: int, device: str, margin: float = 1.2) -> str:
+    """Refuse (TrainingError) a micro-batch whose estimated need exceeds `margin` x the free memory; return a
+    one-line summary for the run's configuration printout. The margin keeps the rough estimate from
+    refusing a run that would just fit."""
+    need = estimate_training_bytes(model, batch, seq_len)
+    free = available_bytes(device)
+    summary = f"~{need / 2**30:.1f} GiB estimated" + (f", {free / 2**30:.1f} GiB free" if free is not None else "")
+    if free is not None and need > margin * free:
+        raise TrainingError(f"a micro-batch of {batch} x {seq_len} tokens needs about {need / 2**30:.1f} GiB "
+                            f"({summary}); lower --device-batch-size (gradient accumulation keeps the "
+                            f"--total-batch-size) or --max-seq-len")
+    return summary
+
+
 # ---- checkpoints and resume --------------------------------------------------------------------------
 
 def save_training_checkpoint(run_dir: str | Path, step: int, model, optimizer, sync, loader, meta: dict,
@@ -128,9 +176,11 @@ def save_training_checkpoint(run_dir: str | Path, step: int, model, optimizer, s
 
 def start_or_resume(run_dir: str | Path, resume: bool, model, optimizer, sync, loader,
                     model_config: dict) -> tuple[int, dict | None]:
-    """Fresh start (step 0) or resume from the run directory's latest checkpoint. Returns (start step,
-    the checkpoint's meta or None). Never overwrites: a directory that holds a run without --resume is
-    refused. Raises TrainingError with the reason (and CheckpointError for an unreadable checkpoint).
+    """Fresh start (step 0) or resume from the run directory's latest valid checkpoint. Returns (start
+    step, the checkpoint's meta or None). Never overwrites: a directory that holds checkpoints without
+    --resume is refused. A directory with metrics but no checkpoint (a run stopped before its first save)
+    starts again. A newest checkpoint that fails its checksums is skipped with a warning, and the next
+    valid one is used. Raises TrainingError with the reason (and CheckpointError for an unreadable one).
 
     On resume: weights, the full optimizer state (sharded again under zero2) and the RNG state are
     restored; the optimizer's hyperparameters are those of the optimizer built now (flags given now
@@ -139,15 +189,31 @@ def start_or_resume(run_dir: str | Path, resume: bool, model, optimizer, sync, l
     """
     run_dir = Path(run_dir)
     dist = get_dist_info()
-    latest = latest_checkpoint(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints and (run_dir / "metrics.jsonl").exists():
+        # a run that was stopped before its first checkpoint: nothing to resume and nothing to lose
+        # but the dead run's metrics, so it starts again (the speedrun would otherwise be stuck)
+        print0(f"note: {run_dir} holds a run that stopped before its first checkpoint; starting it again from step 0")
+        if dist.is_master:
+            (run_dir / "metrics.jsonl").unlink()
+        barrier()
+        return 0, None
     if not resume:
-        if latest is not None or (run_dir / "metrics.jsonl").exists():
+        if checkpoints:
             raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
                                 f"--model-tag / --run-dir. Nothing was overwritten.")
         return 0, None
-    if latest is None:
+    if not checkpoints:
         raise TrainingError(f"--resume: no checkpoint in {run_dir}")
-    meta = json.loads((latest / "meta.json").read_text())
+    latest, skipped = latest_valid_checkpoint(run_dir)
+    for note in skipped:
+        print0(f"warning: skipping a checkpoint that fails its checks: {note}")
+    if latest is None:
+        raise TrainingError(f"--resume: no valid checkpoint in {run_dir} ({len(skipped)} found, all corrupt; "
+                            f"the newest: {skipped[0]})")
+    if skipped:
+        print0(f"warning: resuming from the newest valid checkpoint, {latest.name}")
+    meta = read_meta(latest)
     if meta.get("model_config") != model_config:
         raise TrainingError(f"--resume: {latest} was trained with a different model config; "
                             f"use the same --depth / --preset / --max-seq-len or another --model-tag")

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError, latest_checkpoint
-from ..common import (autodetect_device, compute_dtype, get_base_dir, get_dist_info, peak_flops, print0,
-                      print_config, seed_everything, setup_device, synchronize, write_json_atomic)
+from ..common import (UserError, autodetect_device, compute_dtype, get_base_dir, get_dist_info, peak_flops, print0,
+                      print_config, seed_everything, setup_device, synchronize, write_json_atomic,
+                      write_text_atomic)
 
 SAMPLE_PROMPTS = ["The Congress shall", "Fellow-Citizens of the Senate and House of Representatives:",
                   "To be, or not to be,", "The state of the Union is"]
@@ -130,6 +131,38 @@ def resolve_horizon(cfg: TrainConfig, n_params: int, flops_per_token: int, token
 
 # ---- the stage --------------------------------------------------------------------------------------
 
+def validate(cfg: TrainConfig) -> None:
+    """Every flag checked before anything is built or written: a mistake is one line (UserError, exit 2)."""
+    import math as _math
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    need(1 <= cfg.depth <= 256, f"--depth must be between 1 and 256, got {cfg.depth}")
+    need(cfg.max_seq_len >= 2, f"--max-seq-len must be at least 2, got {cfg.max_seq_len}")
+    need(cfg.device_batch_size >= 1, f"--device-batch-size must be at least 1, got {cfg.device_batch_size}")
+    need(cfg.total_batch_size == -1 or cfg.total_batch_size >= 1,
+         f"--total-batch-size must be positive (or -1: one micro-batch per rank), got {cfg.total_batch_size}")
+    need(cfg.num_iterations == -1 or cfg.num_iterations >= 1,
+         f"--num-iterations must be at least 1 (or -1: from the horizon rules), got {cfg.num_iterations}")
+    need(cfg.target_flops == -1 or (cfg.target_flops > 0 and _math.isfinite(cfg.target_flops)),
+         f"--target-flops must be positive (or -1), got {cfg.target_flops}")
+    need(cfg.target_param_data_ratio > 0 and _math.isfinite(cfg.target_param_data_ratio),
+         f"--target-param-data-ratio must be positive, got {cfg.target_param_data_ratio}")
+    for flag in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay"):
+        v = getattr(cfg, flag)
+        need(_math.isfinite(v) and v >= 0, f"--{flag.replace('_', '-')} must be a finite number >= 0, got {v}")
+    need(cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}")
+    need(0 <= cfg.warmdown_ratio <= 1, f"--warmdown-ratio must be between 0 and 1, got {cfg.warmdown_ratio}")
+    need(0 <= cfg.final_lr_frac <= 1, f"--final-lr-frac must be between 0 and 1, got {cfg.final_lr_frac}")
+    for flag in ("eval_every", "sample_every", "save_every"):
+        need(getattr(cfg, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0 (0: at the end only), got {getattr(cfg, flag)}")
+    need(cfg.eval_tokens >= 1, f"--eval-tokens must be at least 1, got {cfg.eval_tokens}")
+    need(cfg.keep_last >= 1, f"--keep-last must be at least 1, got {cfg.keep_last}")
+    need(cfg.stop_at == -1 or cfg.stop_at >= 1, f"--stop-at must be at least 1 (or -1), got {cfg.stop_at}")
+    need(cfg.dist_timeout > 0 and _math.isfinite(cfg.dist_timeout), f"--dist-timeout must be positive, got {cfg.dist_timeout}")
+
 def run(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
@@ -140,15 +173,19 @@ def run(args: argparse.Namespace) -> dict:
     from ..loss_eval import evaluate_bpb
     from ..optim import MuonAdamW, build_param_groups
     from ..tokenizer import get_tokenizer
-    from ..training import (NonFiniteLoss, TrainingError, apply_schedule, save_training_checkpoint,
+    from ..training import (NonFiniteLoss, TrainingError, apply_schedule, check_memory, save_training_checkpoint,
                             start_or_resume, train_step)
 
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    validate(cfg)
     dist = get_dist_info()
-    device = device_for_rank(autodetect_device(cfg.device or None))  # under torchrun: cuda:LOCAL_RANK
+    try:
+        device = device_for_rank(autodetect_device(cfg.device or None))  # under torchrun: cuda:LOCAL_RANK
+        dtype = compute_dtype(device, cfg.dtype or None)
+    except (RuntimeError, ValueError) as e:  # --device cuda without CUDA, an unknown device or dtype
+        raise UserError(str(e)) from None
     init_distributed(device, cfg.dist_timeout)
     setup_device(device)  # CUDA: TF32 for fp32 products
-    dtype = compute_dtype(device, cfg.dtype or None)
     use_compile = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     seed_everything(cfg.seed)
     tok = get_tokenizer(cfg.tokenizer)
@@ -160,10 +197,14 @@ def run(args: argparse.Namespace) -> dict:
     micro_tokens = cfg.device_batch_size * cfg.max_seq_len * dist.world_size
     total_batch = micro_tokens if cfg.total_batch_size <= 0 else cfg.total_batch_size
     if total_batch % micro_tokens:
-        raise SystemExit(f"--total-batch-size {total_batch} must be a multiple of device_batch x T x ranks "
-                         f"= {micro_tokens}")
+        raise UserError(f"--total-batch-size {total_batch} must be a multiple of device_batch x T x ranks "
+                        f"= {micro_tokens}")
     grad_accum = total_batch // micro_tokens
     num_iterations, horizon_rule = resolve_horizon(cfg, n_params, flops_per_token, total_batch)
+    try:
+        memory = check_memory(model, cfg.device_batch_size, cfg.max_seq_len, device)
+    except TrainingError as e:
+        raise UserError(f"base-train: {e}") from None
     run_dir = Path(cfg.run_dir) if cfg.run_dir else get_base_dir() / "runs" / (cfg.model_tag or f"d{cfg.depth}")
 
     print_config("base-train", {**asdict(cfg), "device": device, "compute dtype": str(dtype).replace("torch.", ""),
@@ -173,7 +214,8 @@ def run(args: argparse.Namespace) -> dict:
                                 "parameters": f"{n_params:,}", "FLOPs/token": f"{flops_per_token:,}",
                                 "tokens/step": f"{total_batch:,} ({grad_accum} micro-batches)",
                                 "iterations": f"{num_iterations:,} ({horizon_rule})",
-                                "train tokens": f"{num_iterations * total_batch:,}", "run dir": str(run_dir)})
+                                "train tokens": f"{num_iterations * total_batch:,}", "memory": memory,
+                                "run dir": str(run_dir)})
 
     sync = GradSync(model, cfg.sync)
     optimizer = MuonAdamW(build_param_groups(model, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
@@ -185,15 +227,16 @@ def run(args: argparse.Namespace) -> dict:
     try:
         start_step, _ = start_or_resume(run_dir, cfg.resume, model, optimizer, sync, loader, mcfg.to_dict())
     except (TrainingError, CheckpointError) as e:
-        raise SystemExit(f"base-train: {e}") from None
+        raise UserError(f"base-train: {e}") from None
     broadcast_parameters(model)
     if start_step > num_iterations:
-        raise SystemExit(f"checkpoint step {start_step} is beyond --num-iterations {num_iterations}")
+        raise UserError(f"checkpoint step {start_step} is beyond --num-iterations {num_iterations}")
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     if dist.is_master and metrics_path.exists():  # drop records past the resume point (they will be redone)
-        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln).get("step", 0) <= start_step]
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        kept = [ln for ln in metrics_path.read_text(errors="replace").splitlines()
+                if _record_step(ln) is not None and _record_step(ln) <= start_step]  # a half-written line is dropped
+        write_text_atomic(metrics_path, "".join(ln + "\n" for ln in kept))
 
     # Train through the compiled model; evaluate and sample with the plain one (eval mode, other shapes and
     # the KV cache would each cost a recompilation, for a few calls).
@@ -208,7 +251,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             import wandb
         except ImportError:
-            raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+            raise UserError("--wandb needs the wandb package: pip install wandb") from None
         wandb_run = wandb.init(project=cfg.wandb, name=run_dir.name, config=asdict(cfg), resume="allow")
 
     def log(record: dict) -> None:
@@ -247,14 +290,14 @@ def run(args: argparse.Namespace) -> dict:
             log({"step": step, "val_bpb": val_bpb})
             if dist.is_master:
                 bar.write(f"step {step:6d} | val bpb {val_bpb:.4f}")
-        if last or (cfg.sample_every > 0 and step % cfg.sample_every == 0 and step > start_step):
-            samples(step)
         if last or pause or (cfg.save_every > 0 and step % cfg.save_every == 0 and step > start_step):
-            try:
+            try:  # saved before the samples: whatever happens next, the trained weights are on disk
                 save_training_checkpoint(run_dir, step, model, optimizer, sync, loader,
                                          {**meta, "val_bpb": val_bpb, "train_loss": last_loss}, keep_last=cfg.keep_last)
             except CheckpointError as e:
-                raise SystemExit(f"base-train: {e}") from None
+                raise UserError(f"base-train: {e}") from None
+        if last or (cfg.sample_every > 0 and step % cfg.sample_every == 0 and step > start_step):
+            samples(step)
         if last:
             break
         if pause:
@@ -267,7 +310,7 @@ def run(args: argparse.Namespace) -> dict:
             last_loss = train_step(fwd, optimizer, loader, grad_accum, sync)
         except NonFiniteLoss as e:
             good = latest_checkpoint(run_dir)
-            raise SystemExit(f"base-train: the loss became {e.loss} at step {step}. Stopping; the last good "
+            raise UserError(f"base-train: the loss became {e.loss} at step {step}. Stopping; the last good "
                              f"checkpoint is {good or 'none (none was saved yet)'}. Try a lower learning rate.") from None
         synchronize(device)  # the optimizer step may still be running on a GPU: wait before reading the clock
         dt = time.perf_counter() - t0
@@ -300,6 +343,17 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _record_step(line: str) -> int | None:
+    """The step of one metrics.jsonl record, or None for a line that is not a complete record (a run
+    killed mid-write leaves half a line)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
+
+
 def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else device
 
@@ -323,7 +377,8 @@ def _plots(run_dir: Path) -> None:
     except ImportError:
         print0("matplotlib is not installed: no plots")
         return
-    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
+               if _record_step(ln) is not None]
     (run_dir / "plots").mkdir(exist_ok=True)
     for key, name in (("loss", "train loss (nats/token)"), ("val_bpb", "validation bits per byte")):
         pts = [(r["step"], r[key]) for r in records if key in r]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def test_corpus_path_is_read_in_place_or_mapped_to_its_build(home, texts, tmp_pa
     assert list_shards(str(texts), "train") == list_shards("texts", "train")
     # A built corpus folder elsewhere is read where it is.
     copy = tmp_path / "copy"
-    os.system(f"cp -r '{built}' '{copy}'")
+    shutil.copytree(built, copy)
     assert list(iter_texts(str(copy), "val")) == list(iter_texts("texts", "val"))
     assert verify_corpus(str(copy))["corpus"] == "texts"
 

@@ -300,15 +300,16 @@ def test_published_size_and_sha256_are_checked(tmp_path, shard):
 
 
 def test_expected_size_and_sha256_from_a_manifest(tmp_path, shard):
-    url_ok = Expected(size=len(shard), sha256=hashlib.sha256(shard).hexdigest())
+    right = Expected(size=len(shard), sha256=hashlib.sha256(shard).hexdigest())
     with FaultyServer({"s.parquet": shard}) as srv:
         srv.faults["s.parquet"] = ["flip"] * 10
         with pytest.raises(DownloadError, match="4 attempts.*sha256 differs"):
-            download_file(f"{srv.url}/s.parquet", tmp_path / "a.parquet", expected=url_ok, **FAST)
+            download_file(f"{srv.url}/s.parquet", tmp_path / "a.parquet", expected=right, **FAST)
         with pytest.raises(DownloadError, match=f"{len(shard):,} bytes, 123 expected"):
             download_file(f"{srv.url}/s.parquet", tmp_path / "b.parquet", expected=Expected(size=123), **FAST)
         srv.faults["s.parquet"] = []
-        assert download_file(f"{srv.url}/s.parquet", tmp_path / "c.parquet", expected=url_ok, **FAST).read_bytes() == shard
+        dest = download_file(f"{srv.url}/s.parquet", tmp_path / "c.parquet", expected=right, **FAST)
+        assert dest.read_bytes() == shard
     assert not (tmp_path / "a.parquet").exists() and not (tmp_path / "a.parquet.partial").exists()
 
 

@@ -227,6 +227,31 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     return {"step": state["step"], "loader": state.get("loader"), "meta": meta, "optimizer": state.get("optimizer")}
 
 
+def _legacy_tokenizer_hash(tok) -> str:
+    """The hash that checkpoints written before 2026-11-30 recorded as `tokenizer_sha256`: the merge
+    ranks only (Tokenizer.sha256 now covers the pattern and the special tokens too)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t, _ in sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1]):
+        h.update(t + b"\0")
+    return h.hexdigest()
+
+
+def check_tokenizer(meta: dict, tok, where: str | os.PathLike) -> None:
+    """Refuse to pair a checkpoint with a tokenizer other than the one it was trained with: the ids would
+    mean other text (a retrained tokenizer of the same size gave garbage in `chat`, and `--resume` trained
+    on silently). Compares Tokenizer.sha256() with meta's `tokenizer_sha256` (or, for an older checkpoint,
+    the ranks-only hash it recorded). A checkpoint without the field passes. Raises CheckpointError naming
+    both hashes."""
+    saved = meta.get("tokenizer_sha256")
+    if saved is None or saved in (tok.sha256(), _legacy_tokenizer_hash(tok)):
+        return
+    raise CheckpointError(f"{where} was trained with tokenizer sha256 {saved[:16]}..., but tokenizer "
+                          f"{meta.get('tokenizer', '?')!r} now has sha256 {tok.sha256()[:16]}... (retrained since?): "
+                          f"the ids would mean other text. Restore that tokenizer or train a new model.")
+
+
 def find_checkpoint(source: str | os.PathLike) -> Path:
     """A checkpoint directory from a run directory (its latest checkpoint) or a checkpoint directory."""
     source = Path(source)
@@ -281,4 +306,5 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", dt
         if tok.vocab_size != config.vocab_size:
             raise CheckpointError(f"tokenizer {name!r} has {tok.vocab_size} tokens but the model expects "
                                   f"{config.vocab_size}; was the tokenizer retrained after this run?")
+        check_tokenizer(meta, tok, ck)
     return model.eval(), tok, {**meta, "checkpoint": str(ck)}

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import latest_valid_checkpoint, list_checkpoints, load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import (check_tokenizer, latest_valid_checkpoint, list_checkpoints, load_checkpoint, read_meta,
+                         save_checkpoint)
 from .common import get_dist_info, print0
 from .distributed import all_reduce, barrier, gather_objects
 
@@ -175,7 +176,7 @@ def save_training_checkpoint(run_dir: str | Path, step: int, model, optimizer, s
 
 
 def start_or_resume(run_dir: str | Path, resume: bool, model, optimizer, sync, loader,
-                    model_config: dict) -> tuple[int, dict | None]:
+                    model_config: dict, tokenizer=None) -> tuple[int, dict | None]:
     """Fresh start (step 0) or resume from the run directory's latest valid checkpoint. Returns (start
     step, the checkpoint's meta or None). Never overwrites: a directory that holds checkpoints without
     --resume is refused. A directory with metrics but no checkpoint (a run stopped before its first save)
@@ -217,6 +218,8 @@ def start_or_resume(run_dir: str | Path, resume: bool, model, optimizer, sync, l
     if meta.get("model_config") != model_config:
         raise TrainingError(f"--resume: {latest} was trained with a different model config; "
                             f"use the same --depth / --preset / --max-seq-len or another --model-tag")
+    if tokenizer is not None:
+        check_tokenizer(meta, tokenizer, latest)  # the same ids must mean the same text
     state = load_checkpoint(latest, model, None)
     if state["optimizer"] is None:
         raise TrainingError(f"--resume: {latest} holds no optimizer state")

@@ -184,3 +184,21 @@ def test_file_system_refusals_are_one_line():
     assert "Permission denied: /base/runs/x" in cli.user_message(e)
     assert "No space left" in cli.user_message(OSError(errno.ENOSPC, "No space left on device"))
     assert cli.user_message(ValueError("a bug")) is None  # anything else keeps its traceback
+
+
+def test_retrained_tokenizer_is_refused_by_resume_and_chat(base_dir, tmp_path, capsys):
+    """A tokenizer retrained under the same name and size maps ids to other text: --resume and chat refuse
+    the checkpoint with both hashes instead of training on / printing garbage."""
+    from mini_nanochat.stages import chat
+
+    tok_train.main(["--name", "retrained", "--vocab-size", "512", "--max-chars", "1000000"])
+    d = tmp_path / "run"
+    base_train.main(["--depth", "1", "--max-seq-len", "32", "--device-batch-size", "2", "--tokenizer", "retrained",
+                     "--eval-every", "0", "--eval-tokens", "256", "--num-iterations", "4", "--stop-at", "2",
+                     "--run-dir", str(d)])
+    tok_train.main(["--name", "retrained", "--vocab-size", "512", "--max-chars", "1500000", "--force"])
+    with pytest.raises(SystemExit, match="trained with tokenizer sha256"):
+        base_train.main(["--depth", "1", "--max-seq-len", "32", "--device-batch-size", "2", "--tokenizer",
+                         "retrained", "--eval-every", "0", "--num-iterations", "4", "--resume", "--run-dir", str(d)])
+    with pytest.raises(SystemExit, match="trained with tokenizer sha256"):
+        chat.main(["--run-dir", str(d), "-p", "hello", "--max-tokens", "4"])

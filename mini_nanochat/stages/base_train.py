@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # ---- fresh start or resume: never silently overwrite a run (training.start_or_resume) ----
     try:
-        start_step, _ = start_or_resume(run_dir, cfg.resume, model, optimizer, sync, loader, mcfg.to_dict())
+        start_step, _ = start_or_resume(run_dir, cfg.resume, model, optimizer, sync, loader, mcfg.to_dict(), tok)
     except (TrainingError, CheckpointError) as e:
         raise UserError(f"base-train: {e}") from None
     broadcast_parameters(model)
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> dict:
             f.write("\n".join(lines) + "\n")
 
     meta = {"model_config": mcfg.to_dict(), "train_config": asdict(cfg), "num_iterations": num_iterations,
-            "tokenizer": cfg.tokenizer, "tokenizer_sha256": _tokenizer_hash(tok),
+            "tokenizer": cfg.tokenizer, "tokenizer_sha256": tok.sha256(),
             "corpus": cfg.corpus, "world_size": dist.world_size}
     val_bpb, last_loss = float("nan"), float("nan")
     step = start_step
@@ -356,15 +356,6 @@ def _record_step(line: str) -> int | None:
 
 def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else device
-
-
-def _tokenizer_hash(tok) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for t, r in sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1]):
-        h.update(t + b"\0")
-    return h.hexdigest()
 
 
 def _plots(run_dir: Path) -> None:

@@ -422,16 +422,8 @@ def build_corpus(name: str, works: list[Work], out_dir: Path, val_fraction: floa
     with _building(out_dir) as tmp:
         manifest["shards"] = (write_shards(train_docs, tmp / "train", rows_per_shard, row_group_size)
                               + write_shards(val_docs, tmp / "val", rows_per_shard, row_group_size))
-        write_manifest(tmp, manifest)  # written last: marks the build complete
+        write_json_atomic(tmp / "manifest.json", manifest)  # written last: marks the build complete
     return manifest
-
-
-def write_manifest(root: Path, manifest: dict) -> None:
-    """Write `root/manifest.json` atomically, with the permissions a file created here normally gets:
-    common.atomic_write writes through tempfile.mkstemp, whose files are private (0600)."""
-    path = root / "manifest.json"
-    write_json_atomic(path, manifest)
-    _usual_mode(path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -450,9 +442,9 @@ def _umask() -> int:
     return mask
 
 
-def _usual_mode(path: Path) -> None:
-    """Give `path` the mode open() / mkdir() would have: temp files and folders are created private."""
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~_umask())
+def _usual_dir_mode(path: Path) -> None:
+    """Give a folder the mode mkdir() would have (0777 minus the umask): mkdtemp creates it 0700."""
+    path.chmod(0o777 & ~_umask())
 
 
 def _check_replaceable(out_dir: Path) -> None:
@@ -483,11 +475,14 @@ def _building(out_dir: Path) -> Iterator[Path]:
     with file_lock(out_dir.parent / f".{out_dir.name}.lock"):
         if out_dir.exists() or out_dir.is_symlink():
             _check_replaceable(out_dir)  # before anything is written
-        for stale in (*out_dir.parent.glob(f".{out_dir.name}.build-*"), *out_dir.parent.glob(f".{out_dir.name}.old-*")):
-            _remove(stale)
+        # Exactly 8 characters after the dash (mkdtemp's and ours below), so that the leftovers of a corpus
+        # named "x" never match the temp folders of one named "x.build-y", which another lock guards.
+        for kind in ("build", "old"):
+            for stale in out_dir.parent.glob(f".{out_dir.name}.{kind}-{'?' * 8}"):
+                _remove(stale)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
         try:
-            _usual_mode(tmp)  # mkdtemp makes it 0700; it becomes the corpus folder
+            _usual_dir_mode(tmp)  # it becomes the corpus folder
             yield tmp
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -644,7 +639,7 @@ def download_remote_corpus(name: str, num_train_shards: int, out_dir: Path, base
     download_many(jobs, workers=workers, verify=verify_parquet, desc=f"{name} shards", **download_kwargs)
     shards = [_shard_entry(url, dest, recorded.get(_shard_key(dest))) for url, dest in jobs]
     manifest = {"corpus": name, "source": base_url or corpus.base_url, "num_train_shards": n, "shards": shards}
-    write_manifest(out_dir, manifest)
+    write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest
 
 

@@ -175,7 +175,7 @@ def test_build_failing_half_way_keeps_the_old_corpus(home, texts, monkeypatch):
 
 def test_rebuild_swaps_in_and_clears_leftovers(home, texts):
     data.main(["--corpus", str(texts), *SMALL])
-    (home / "data" / ".texts.build-crashed").mkdir()  # what a killed build leaves behind
+    (home / "data" / ".texts.build-k1ll3d_x").mkdir()  # what a killed build leaves behind
     m = data.main(["--corpus", str(texts), "--force", "--max-doc-chars", "200", *SMALL])
     assert m["config"]["max_doc_chars"] == 200 and verify_corpus("texts") == m
     assert leftovers(home) == []

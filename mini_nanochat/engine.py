@@ -251,28 +251,101 @@ def calculator(expr: str) -> str:
 # Sampling
 # ====================================================================================================
 
+# Upper bound on the temperature. Dividing logits by T flattens them: at T = 100 a 30-nat gap between the
+# best and a junk token (a wide range for a trained LM) becomes 0.3 nats, a probability ratio of 1.35, so
+# the output is already close to uniform noise over the vocabulary. A larger T shows nothing new and is
+# most likely a typo (60 for 0.6). OpenAI's API stops at 2; a learner may want to see the noise, hence 100.
+MAX_TEMPERATURE = 100.0
+# A positive temperature below float32's smallest normal number would be rounded to 0 (or flushed, as a
+# subnormal) when the logits are divided by it: 0 / 0 = NaN. Such a temperature is greedy, its limit.
+_TINY_TEMPERATURE = torch.finfo(torch.float32).tiny
+
+
+def check_temperature(temperature, name: str = "temperature") -> float:
+    """A finite number in [0, MAX_TEMPERATURE] (0 = greedy), else ValueError naming `name`."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            0 <= temperature <= MAX_TEMPERATURE):  # NaN fails every comparison, so it lands here too
+        raise ValueError(f"{name} must be a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {temperature!r}")
+    return temperature
+
+
+def check_top_k(top_k, name: str = "top_k") -> int | None:
+    """None or an integer >= 0 (0 = off), else ValueError."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"{name} must be an integer >= 0 (0 = off), got {top_k!r}")
+    return top_k
+
+
+def check_top_p(top_p, name: str = "top_p") -> float | None:
+    """None or a number in (0, 1] (1 = off), else ValueError."""
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"{name} must be a number in (0, 1] (1 = off), got {top_p!r}")
+    return top_p
+
+
+def check_positive(value, name: str) -> int:
+    """An integer >= 1 (max_tokens, num_samples), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """An integer in [0, 2**64): what torch.Generator.manual_seed accepts (it overflows beyond)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {seed!r}")
+    return seed
+
+
+def usable_rows(logits: torch.Tensor) -> torch.Tensor:
+    """logits (B, V) -> (B,) bool: True where the row is a distribution the sampler can use. A row's max is
+    NaN if any entry is NaN (torch.amax propagates NaN), +inf if any is +inf, -inf if all are -inf; it is
+    finite exactly when the row has no NaN, no +inf and at least one finite logit (-inf entries are fine:
+    probability 0). One reduction, no host sync."""
+    return torch.isfinite(logits.amax(-1))
+
 
 def sample_next(logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """logits (B, V) -> next token ids (B,). temperature 0 = greedy; top-k keeps the k most likely;
-    top-p keeps the smallest set whose probability reaches p (Holtzman et al. 2019, arXiv:1904.09751)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0 and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        before = probs.cumsum(-1) - probs  # probability mass strictly before each token
-        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return draw(torch.softmax(logits, dim=-1), generator)
+                top_k: int | None = None, top_p: float | None = None, fallback: int = 0) -> torch.Tensor:
+    """logits (B, V) -> next token ids (B,), always in [0, V) or `fallback`. temperature 0 = greedy; top-k
+    keeps the k most likely; top-p keeps the smallest set whose probability reaches p (Holtzman et al. 2019,
+    arXiv:1904.09751).
+
+    Broken logits (ADR 0024): a row with a NaN or +inf logit, or with every logit -inf, comes from a
+    numerically broken forward pass and has no distribution to sample; it gets `fallback` (the Engine
+    passes a stop token, so that sample ends). Without this, NaN probabilities made draw() return V, an id
+    outside the vocabulary. Checked with torch.where, so there is no extra host sync per step."""
+    check_temperature(temperature)
+    check_top_k(top_k)
+    check_top_p(top_p)
+    if temperature < _TINY_TEMPERATURE:  # 0 = greedy; so is a temperature float32 cannot divide by (T -> 0)
+        usable = usable_rows(logits)
+        ids = logits.argmax(-1)
+    else:
+        logits = logits.float()
+        peak = logits.amax(-1, keepdim=True)  # (B, 1)
+        usable = torch.isfinite(peak[:, 0])  # usable_rows' test, on the max that is needed anyway
+        # Shift each row so that its best logit is 0 and the rest are <= 0 (softmax, top-k and top-p are
+        # unchanged by a shift): dividing by a small temperature then gives -inf, probability 0, and never
+        # the +inf, then NaN, that 3e38 / 0.5 would give.
+        logits = (logits - peak).div_(temperature)
+        if top_k is not None and 0 < top_k < logits.size(-1):
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1:
+            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            before = probs.cumsum(-1) - probs  # probability mass strictly before each token
+            sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top token always stays
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        ids = draw(torch.softmax(logits, dim=-1), generator)  # garbage (possibly V) for rows not usable
+    return torch.where(usable, ids, torch.full_like(ids, fallback))
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """probs (B, V), rows summing to 1 -> one index per row, index i with probability probs[i].
+    """probs (B, V), rows finite and summing to 1 -> one index per row, index i with probability probs[i].
+    A row of NaN or of zeros would give V, outside the vocabulary: sample_next never passes one.
 
     Inverse-CDF sampling: draw u uniform in [0, total) and take the first index whose running sum
     exceeds u. One uniform number per row; torch.multinomial instead draws an exponential variate for
@@ -323,6 +396,8 @@ class Engine:
         self.python_start, self.python_end = sp.get("<|python_start|>"), sp.get("<|python_end|>")
         self.output_start, self.output_end = sp.get("<|output_start|>"), sp.get("<|output_end|>")
         self.stop_ids = {t for t in (self.bos, self.assistant_end) if t is not None}
+        # what a sample gets when its logits are NaN/inf (sample_next's fallback): a stop token, so it ends
+        self.broken_stop = self.assistant_end if self.assistant_end is not None else self.bos
         self._graphs: dict[tuple[int, int], object] = {}  # (batch, max_len) -> GraphedDecoder
         self.graph_error: str | None = None  # why CUDA graphs are off, if they failed once
 
@@ -365,11 +440,20 @@ class Engine:
         """Yield, per step, one token per sample (a list of num_samples ints) until every sample has
         stopped (assistant_end or bos) or max_tokens steps. A finished sample's later entries repeat its
         stop token. As it runs, `self.last_tokens` / `self.last_masks` hold each sample's own tokens and
-        masks (1 = sampled, 0 = forced tool output)."""
+        masks (1 = sampled, 0 = forced tool output), and `self.last_broken[i]` is True if sample i was
+        stopped because the model's logits were NaN/inf (ADR 0024), not because it chose to stop.
+
+        Bad arguments (a NaN temperature, top_p 0, max_tokens 0, ...) raise ValueError before any work."""
         from .fast_decode import decode_step
 
         if not ids:
             raise ValueError("generate() needs a non-empty prompt (at least <|bos|>)")
+        check_positive(num_samples, "num_samples")
+        check_positive(max_tokens, "max_tokens")
+        check_temperature(temperature)
+        check_top_k(top_k)
+        check_top_p(top_p)
+        check_seed(seed)
         model, cfg = self.model, self.model.config
         device = model.wte.weight.device
         limit = cfg.max_positions
@@ -398,8 +482,9 @@ class Engine:
             rows = [_Row() for _ in range(num_samples)]
             self.last_tokens = [[] for _ in range(num_samples)]  # per sample, up to and including its stop token
             self.last_masks = [[] for _ in range(num_samples)]
+            self.last_broken = [False] * num_samples
             for _ in range(max_tokens):
-                sampled = sample_next(logits, gen, temperature, top_k, top_p).tolist()
+                sampled = sample_next(logits, gen, temperature, top_k, top_p, fallback=self.broken_stop).tolist()
                 column = []
                 for i, row in enumerate(rows):
                     if row.done:  # keep the batch rectangular: a finished sample repeats its stop token
@@ -411,6 +496,8 @@ class Engine:
                     self.last_masks[i].append(mask)
                     if tok in self.stop_ids and mask == 1:
                         row.done = True
+                        # a stop token from sample_next's fallback: say so (checked once per sample, at its end)
+                        self.last_broken[i] = not bool(usable_rows(logits[i:i + 1])[0])
                     elif tok == self.python_start and self.python_start is not None:
                         row.in_python, row.python_tokens = True, []
                     elif tok == self.python_end and row.in_python:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mini_nanochat.engine import CalculatorError, Engine, calculator, draw, sample_next
+from mini_nanochat.engine import MAX_TEMPERATURE, CalculatorError, Engine, calculator, draw, sample_next
 from mini_nanochat.gpt import GPT, GPTConfig
 from mini_nanochat.tokenizer import Tokenizer
 
@@ -122,6 +122,131 @@ def test_draw_matches_the_distribution_and_torch_multinomial():
     assert draw(torch.eye(5), gen).tolist() == [0, 1, 2, 3, 4]
     a = draw(probs, torch.Generator().manual_seed(7))
     assert torch.equal(a, draw(probs, torch.Generator().manual_seed(7)))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=float("nan")), "temperature"), (dict(temperature=float("inf")), "temperature"),
+    (dict(temperature=-0.5), "temperature"), (dict(temperature=MAX_TEMPERATURE * 1.01), "temperature"),
+    (dict(temperature="0.6"), "temperature"),
+    (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_k=True), "top_k"),
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_p=float("nan")), "top_p"),
+    (dict(max_tokens=0), "max_tokens"), (dict(max_tokens=-3), "max_tokens"),
+    (dict(num_samples=0), "num_samples"), (dict(seed=-1), "seed"), (dict(seed=2**64), "seed"),
+])
+def test_bad_sampling_arguments_raise_valueerror_before_any_work(tok, kwargs, message):
+    """Issue #12: temperature=nan used to reach the sampler and come back as an id outside the vocabulary.
+    Every argument is checked up front, with the argument's name in the message."""
+    class Untouchable(torch.nn.Module):  # fails the test if generate() runs the model before refusing
+        def __init__(self, real):
+            super().__init__()
+            self.config, self.wte, self.compute_dtype = real.config, real.wte, real.compute_dtype
+
+        def forward(self, *a, **k):
+            raise AssertionError("the model ran before the arguments were checked")
+
+    cfg = GPTConfig.from_depth(1, vocab_size=tok.vocab_size, sequence_len=32, head_dim=32, aspect_ratio=32)
+    engine = Engine(Untouchable(GPT(cfg)), tok, fast=False)
+    with pytest.raises(ValueError, match=message):
+        list(engine.generate([tok.bos_id], **{"max_tokens": 4, **kwargs}))
+    sampler_kwargs = {k: v for k, v in kwargs.items() if k in ("temperature", "top_k", "top_p")}
+    if sampler_kwargs:  # sample_next checks its own arguments too (it is public)
+        with pytest.raises(ValueError, match=message):
+            sample_next(torch.zeros(1, 5), torch.Generator(), **sampler_kwargs)
+
+
+def test_sampling_argument_boundaries_are_accepted():
+    logits = torch.randn(2, 7)
+    for kw in (dict(temperature=0), dict(temperature=MAX_TEMPERATURE), dict(top_k=0), dict(top_k=100),
+               dict(top_p=1.0), dict(top_p=1e-9), dict(temperature=1e-40)):
+        ids = sample_next(logits, torch.Generator().manual_seed(0), **kw)
+        assert ids.shape == (2,) and (ids >= 0).all() and (ids < 7).all(), kw
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.0, None, None), (1.0, None, None), (0.7, 3, None),
+                                                      (1.0, None, 0.9), (2.0, 5, 0.5), (1e-40, None, None)])
+def test_broken_logits_never_give_an_out_of_vocabulary_id(temperature, top_k, top_p):
+    """Rows with a NaN, a +inf, or nothing but -inf have no distribution: they get the fallback id
+    (ADR 0024); healthy rows in the same batch are sampled as usual. Before issue #12, draw() returned V
+    (one past the vocabulary) for such rows, and the next embedding lookup crashed."""
+    nan, inf = float("nan"), float("inf")
+    V, fallback = 6, 4
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0],          # healthy
+                           [nan] * V,                                # a broken forward pass: all NaN
+                           [0.0, nan, 2.0, 3.0, 4.0, 5.0],           # one NaN
+                           [0.0, inf, 2.0, 3.0, 4.0, 5.0],           # +inf
+                           [-inf] * V,                               # nothing possible
+                           [-inf, -inf, 1.0, -inf, -inf, -inf]])     # -inf entries are fine: only id 2 possible
+    for seed in range(20):
+        ids = sample_next(logits, torch.Generator().manual_seed(seed), temperature, top_k, top_p, fallback=fallback)
+        assert ids.tolist()[1:5] == [fallback] * 4
+        assert 0 <= ids[0] < V and ids[5] == 2
+        if temperature < 1e-30:  # logits / T overflows: the limit T -> 0 is greedy
+            assert ids[0] == 5
+
+
+def test_huge_logits_and_tiny_temperatures_stay_finite():
+    """Finite logits that overflow once divided by the temperature (3e38 / 0.5 = inf, which made the
+    probabilities NaN) and temperatures below what float32 can divide by (1e-40, 1e-300) still give ids
+    in the vocabulary: the best token, the limit of a vanishing temperature."""
+    logits = torch.tensor([[3e38, 1e38, -3e38, 0.0], [1.0, 2.0, 3.0, -1.0]])
+    for temperature in (0.5, 1e-30, 1e-40, 1e-300):
+        for seed in range(10):
+            ids = sample_next(logits, torch.Generator().manual_seed(seed), temperature=temperature)
+            assert ids[0] == 0 and 0 <= ids[1] < 4
+            if temperature < 1e-20:
+                assert ids[1] == 2
+
+
+class NanAfter(torch.nn.Module):
+    """A stand-in model whose logits are NaN from forward call `start` on (0 = the prefill): a numerically
+    broken model, e.g. an fp16 overflow that appears at some position."""
+
+    def __init__(self, real: GPT, start: int):
+        super().__init__()
+        self.real, self.start, self.config = real, start, real.config
+        self.wte, self.compute_dtype = real.wte, real.compute_dtype
+        self.calls = 0
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        out = self.real(idx, kv_cache=kv_cache)
+        self.calls += 1
+        return torch.full_like(out, float("nan")) if self.calls > self.start else out
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_engine_stops_samples_whose_logits_are_nan(tok, fast):
+    """A model whose weights are NaN: every sample ends at once with the engine's stop token, flagged in
+    last_broken, and generate_batch returns the prompt alone (the stop token is dropped). Both decode
+    paths (fast_decode's and the model's own forward)."""
+    cfg = GPTConfig.from_depth(2, vocab_size=tok.vocab_size, sequence_len=64, head_dim=32, aspect_ratio=32)
+    model = noisy_model(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    engine = Engine(model, tok, fast=fast)
+    prompt = tok.encode("Hello", prepend=tok.bos_id)
+    for temperature in (0.0, 0.8):
+        results, masks = engine.generate_batch(prompt, num_samples=3, max_tokens=10, temperature=temperature,
+                                               top_k=20)
+        assert results == [prompt] * 3 and masks == [[0] * len(prompt)] * 3
+        assert engine.last_tokens == [[engine.broken_stop]] * 3 and engine.last_broken == [True] * 3
+
+
+def test_engine_keeps_the_text_before_logits_turn_nan(tok):
+    """NaN logits from the 4th step on: the first 3 tokens stand, then the sample stops and is flagged;
+    every id stays inside the vocabulary. A healthy run is not flagged."""
+    cfg = GPTConfig.from_depth(2, vocab_size=tok.vocab_size, sequence_len=64, head_dim=32, aspect_ratio=32)
+    real = noisy_model(cfg)
+    prompt = tok.encode("Hello", prepend=tok.bos_id)
+    healthy = Engine(real, tok, fast=False)
+    ref, _ = healthy.generate_batch(prompt, num_samples=2, max_tokens=12, temperature=1.0, seed=3)
+    assert healthy.last_broken == [False, False]
+    broken = Engine(NanAfter(real, start=3), tok, fast=False)
+    got, _ = broken.generate_batch(prompt, num_samples=2, max_tokens=12, temperature=1.0, seed=3)
+    for g, r, toks in zip(got, ref, broken.last_tokens):
+        assert len(r) > len(prompt) + 3  # the healthy run went on (so the stop below is the NaN's doing)
+        assert g == r[:len(prompt) + 3]  # the same seed gives the same first 3 tokens
+        assert all(0 <= t < tok.vocab_size for t in toks)
+    assert broken.last_broken == [True, True]
 
 
 class ScriptedModel(torch.nn.Module):

@@ -46,6 +46,11 @@ class CorpusError(UserError):
         super().__init__(f"{problem}; {hint}")
         self.problem = problem
 
+
+class CorpusNotFoundError(FileNotFoundError):
+    """A corpus that has not been built (no shards, no manifest); the message says how to build it. A
+    FileNotFoundError, as callers have always caught, so it cannot also be a UserError (a SystemExit)."""
+
 # ----------------------------------------------------------------------------------------------------
 # The sources: a "work" is one speech or one play. Works are the unit of the train/val split.
 
@@ -284,7 +289,7 @@ def list_shards(corpus: str = "embedded", split: str = "train", base_dir: str | 
     recorded = {root / e["file"]: e for e in (manifest or {"shards": []})["shards"]}
     listed = {p for p in recorded if p.parent == d}  # a listed shard that is gone is named, not ignored
     if not shards and not listed:
-        raise FileNotFoundError(f"no {split} shards in {d}: build the corpus with "
+        raise CorpusNotFoundError(f"no {split} shards in {d}: build the corpus with "
                                 f"`python -m mini_nanochat data --corpus {corpus}`")
     hint = _rebuild_hint(root, manifest)
     for path in sorted(set(shards) | listed):
@@ -299,7 +304,7 @@ def verify_corpus(corpus: str = "embedded", base_dir: str | Path | None = None, 
     root = corpus_dir(corpus, base_dir)
     manifest = _read_manifest(root)
     if manifest is None:
-        raise FileNotFoundError(f"no corpus at {root} (no manifest.json): build it with "
+        raise CorpusNotFoundError(f"no corpus at {root} (no manifest.json): build it with "
                                 f"`python -m mini_nanochat data --corpus {corpus}`")
     hint = _rebuild_hint(root, manifest)
     for entry in manifest["shards"]:

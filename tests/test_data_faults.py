@@ -14,8 +14,8 @@ import pytest
 from mini_nanochat import dataset
 from mini_nanochat.__main__ import main as cli
 from mini_nanochat.common import UserError
-from mini_nanochat.dataset import (CorpusError, Work, build_corpus, corpus_dir, iter_texts, list_shards,
-                                   verify_corpus)
+from mini_nanochat.dataset import (CorpusError, CorpusNotFoundError, Work, build_corpus, corpus_dir, iter_texts,
+                                   list_shards, verify_corpus)
 from mini_nanochat.stages import data
 
 SMALL = ["--rows-per-shard", "8", "--row-group-size", "4", "--val-fraction", "0.2"]
@@ -264,6 +264,8 @@ def test_missing_shard_and_damaged_manifest_are_named(home, texts):
     (corpus_dir("texts") / "manifest.json").write_text("{not json")
     with pytest.raises(CorpusError, match="manifest.json is damaged"):
         list_shards("texts", "val")
+    with pytest.raises(CorpusNotFoundError, match="data --corpus never-built"):
+        verify_corpus("never-built")
 
 
 # ---- 6. what is written gets the usual permissions ------------------------------------------------

@@ -50,6 +50,23 @@ class UserError(SystemExit):
         return self.message
 
 
+PLAIN_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}"  # a name that becomes one directory: no '/', no '..'
+
+
+def is_plain_name(name) -> bool:
+    """True for a name that can only ever mean one directory under the base directory (a run tag, a
+    corpus or tokenizer name): letters, digits, '.', '_' and '-', not starting with '.' or '-', at most
+    100 characters. `..`, `/tmp` or `a/b` would reach outside, and a stage that replaces its artifact
+    would then remove something it does not own.
+
+    >>> is_plain_name("d20"), is_plain_name(".."), is_plain_name("/tmp"), is_plain_name("a/b")
+    (True, False, False, False)
+    """
+    import re
+
+    return isinstance(name, str) and re.fullmatch(PLAIN_NAME, name) is not None
+
+
 def debug_enabled() -> bool:
     """MINI_NANOCHAT_DEBUG=1: show tracebacks for user errors too."""
     return os.environ.get("MINI_NANOCHAT_DEBUG", "") not in ("", "0")

@@ -30,6 +30,8 @@ from pathlib import Path
 import regex
 import tiktoken
 
+from .common import PLAIN_NAME
+
 # ====================================================================================================
 # 1. The split pattern
 # ====================================================================================================
@@ -71,7 +73,7 @@ MAX_VOCAB_SIZE = MAX_TOKEN_ID + 1
 # A tokenizer name becomes a directory `<base>/tokenizer/<name>`, and the files named in tokenizer.json are
 # read from inside that directory, so both must be one plain path component: no "/" or "\", not "." or
 # "..", not absolute, not hidden (save() keeps its half-written copies in hidden ".<name>.*" directories).
-_PLAIN_NAME = regex.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+_PLAIN_NAME = regex.compile(PLAIN_NAME)  # common.PLAIN_NAME: the rule for every name that becomes a directory
 
 
 def check_name(name: str, what: str = "tokenizer name") -> str:

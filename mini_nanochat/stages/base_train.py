@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError, latest_checkpoint
-from ..common import (UserError, autodetect_device, compute_dtype, get_base_dir, get_dist_info, peak_flops, print0,
+from ..common import (UserError, autodetect_device, is_plain_name, compute_dtype, get_base_dir, get_dist_info, peak_flops, print0,
                       print_config, seed_everything, setup_device, synchronize, write_json_atomic,
                       write_text_atomic)
 
@@ -162,6 +162,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.keep_last >= 1, f"--keep-last must be at least 1, got {cfg.keep_last}")
     need(cfg.stop_at == -1 or cfg.stop_at >= 1, f"--stop-at must be at least 1 (or -1), got {cfg.stop_at}")
     need(cfg.dist_timeout > 0 and _math.isfinite(cfg.dist_timeout), f"--dist-timeout must be positive, got {cfg.dist_timeout}")
+    need(not cfg.model_tag or is_plain_name(cfg.model_tag),
+         f"--model-tag {cfg.model_tag!r:.60} is not a plain name (letters, digits, '.', '_', '-'; no '/' or '..'); "
+         f"use --run-dir for a path")
 
 def run(args: argparse.Namespace) -> dict:
     from tqdm import tqdm

@@ -6,6 +6,8 @@ Stage `chat`: talk to a trained model in the terminal, streaming its answer toke
     python -m mini_nanochat chat --model-tag d4 --temperature 0.8 --top-k 50
 
 Commands in the interactive loop: /clear (forget the conversation), /temperature X, /topk K, /help, /quit.
+A bad value for a command prints a notice and leaves the setting as it was; bad flags stop before the
+model is loaded. The model's text is shown with terminal control characters escaped (\x1b, not ESC).
 
 A base model (pretrained only) has never seen a conversation, so by default (--mode auto) it continues
 your text instead ("complete"); a fine-tuned chat model (Phase 8) gets the chat format ("chat"). A
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import re
 import sys
 from pathlib import Path
 
 
 from ..checkpoint import CheckpointError, latest_checkpoint
-from ..common import autodetect_device, get_base_dir, print_config
+from ..common import UserError, autodetect_device, get_base_dir, print_config
 
 HELP = "commands: /clear  /temperature X  /topk K  /help  /quit"
 
@@ -48,35 +51,74 @@ def load_model(run_dir: Path, device: str):
     from ..checkpoint import load_model as load
 
     if latest_checkpoint(run_dir) is None:
-        raise SystemExit(f"chat: no checkpoint in {run_dir}; train one first: python -m mini_nanochat speedrun")
+        raise UserError(f"no checkpoint in {run_dir}; train one first: python -m mini_nanochat speedrun")
     try:
         return load(run_dir, device)
     except CheckpointError as e:
-        raise SystemExit(f"chat: {e}") from None
+        raise UserError(str(e).splitlines()[0] if str(e) else "unreadable checkpoint") from None
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """The sampling flags, with the engine's own checks, before the model is loaded (seconds, maybe a
+    GPU): a typo costs nothing and reads as one line. --max-tokens is checked against the model's context
+    once the model is known (run)."""
+    from ..engine import check_positive, check_seed, check_temperature, check_top_k, check_top_p
+
+    try:
+        check_positive(args.max_tokens, "--max-tokens")
+        check_temperature(args.temperature, "--temperature")
+        check_top_k(args.top_k, "--top-k")
+        check_top_p(args.top_p, "--top-p")
+        check_seed(args.seed, "--seed")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+# Characters a terminal acts on instead of showing: the C0 controls except tab and newline (ESC starts the
+# sequences that move the cursor, clear the screen, set the window title, or in some terminals write the
+# clipboard; CR rewrites the line), DEL, and the C1 controls U+0080-U+009F (U+009B is a one-character
+# CSI). The model's text is untrusted (ADR 0025's threat model: a prompt or a pasted document can ask for
+# them), so they are shown as \x1b etc. and never reach the terminal as they are.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    r"""Terminal control characters as visible escapes; newline and tab stay.
+
+    >>> escape_controls("a\x1b[2Jb\tc\r\n\x9b")
+    'a\\x1b[2Jb\tc\\x0d\n\\x9b'
+    """
+    return _CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class Streamer:
     """Token bytes in, complete UTF-8 characters out: a character split across two tokens is printed
-    only once both halves have arrived (never half a character)."""
+    only once both halves have arrived (never half a character). What is printed has its terminal
+    control characters escaped (escape_controls); `text` and finish() keep the model's text as it is
+    (it goes back into the conversation)."""
 
     def __init__(self, tok, out=None):
         self.tok, self.out = tok, out if out is not None else sys.stdout
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = ""
 
+    def _show(self, piece: str) -> str:
+        shown = escape_controls(piece)
+        self.out.write(shown)
+        self.out.flush()
+        return shown
+
     def push(self, token: int) -> str:
+        """Decode one token; print and return the complete characters it finished (possibly none)."""
         piece = self.decoder.decode(self.tok.enc.decode_single_token_bytes(token))
         self.text += piece
-        if piece:
-            self.out.write(piece)
-            self.out.flush()
-        return piece
+        return self._show(piece) if piece else piece
 
     def finish(self) -> str:
+        """Print what is left and a newline; return the whole text, unescaped."""
         tail = self.decoder.decode(b"", final=True)
         self.text += tail
-        self.out.write(tail + "\n")
-        self.out.flush()
+        self._show(tail + "\n")
         return self.text
 
 
@@ -97,7 +139,8 @@ def fit_conversation(tok, messages: list[dict], budget: int) -> tuple[list[int],
 
 
 def answer(engine, tok, ids: list[int], args, out=None) -> str:
-    """Stream one answer for prompt `ids`; return its text."""
+    """Stream one answer for prompt `ids`; return its text. If the model's logits turned NaN/inf, the engine
+    ended the answer there (ADR 0024) and a notice says so."""
     streamer = Streamer(tok, out)
     stop = engine.stop_ids
     for column in engine.generate(ids, num_samples=1, max_tokens=args.max_tokens, temperature=args.temperature,
@@ -108,22 +151,46 @@ def answer(engine, tok, ids: list[int], args, out=None) -> str:
         if engine.last_masks[0][-1] == 0 or t in tok.special_tokens.values():
             continue  # tool plumbing and special tokens are not shown as text
         streamer.push(t)
-    return streamer.finish()
+    text = streamer.finish()
+    if engine.last_broken[0]:
+        streamer.out.write("[notice: the model's output became NaN/inf (a numerically broken forward pass); "
+                           "the answer was stopped there]\n")
+        streamer.out.flush()
+    return text
+
+
+def set_option(args: argparse.Namespace, cmd: str, val: str) -> str:
+    """/temperature X or /topk K: change the setting if the value is valid; return the line to print. A
+    bad value leaves the setting as it was and the session goes on."""
+    from ..engine import check_temperature, check_top_k
+
+    name, parse, check = {"/temperature": ("temperature", float, check_temperature),
+                          "/topk": ("top_k", int, check_top_k)}[cmd]
+    try:
+        value = parse(val)
+    except ValueError:
+        return f"[could not read a number from {val!r}] {HELP}"
+    try:
+        setattr(args, name, check(value, cmd))
+    except ValueError as e:
+        return f"[{e}; {name} stays {getattr(args, name)}]"
+    return f"[{'top-k' if cmd == '/topk' else name} = {getattr(args, name)}]"
 
 
 def run(args: argparse.Namespace) -> str | None:
     from ..engine import Engine
 
+    check_flags(args)
     device = autodetect_device(args.device or None)
     run_dir = Path(args.run_dir) if args.run_dir else get_base_dir() / "runs" / args.model_tag
     model, tok, meta = load_model(run_dir, device)
+    window = model.config.sequence_len
+    if args.max_tokens >= window:
+        raise UserError(f"--max-tokens must be below the model's context ({window}), got {args.max_tokens}")
     mode = args.mode if args.mode != "auto" else ("chat" if meta.get("sft") else "complete")
     print_config("chat", {"checkpoint": meta["checkpoint"], "mode": mode, "temperature": args.temperature,
                           "top_k": args.top_k, "top_p": args.top_p, "max_tokens": args.max_tokens, "device": device})
     engine = Engine(model, tok)
-    window = model.config.sequence_len
-    if args.max_tokens >= window:
-        raise SystemExit(f"chat: --max-tokens must be below the model's context ({window})")
     budget = window - args.max_tokens
     messages: list[dict] = []
 
@@ -154,22 +221,15 @@ def run(args: argparse.Namespace) -> str | None:
             continue
         if line.startswith("/"):
             cmd, _, val = line.partition(" ")
-            try:
-                if cmd == "/quit":
-                    return None
-                if cmd == "/clear":
-                    messages.clear()
-                    print("[conversation cleared]")
-                elif cmd == "/temperature":
-                    args.temperature = float(val)
-                    print(f"[temperature = {args.temperature}]")
-                elif cmd == "/topk":
-                    args.top_k = int(val)
-                    print(f"[top-k = {args.top_k}]")
-                else:
-                    print(HELP)
-            except ValueError:
-                print(f"[could not read a number from {val!r}] {HELP}")
+            if cmd == "/quit":
+                return None
+            if cmd == "/clear":
+                messages.clear()
+                print("[conversation cleared]")
+            elif cmd in ("/temperature", "/topk"):
+                print(set_option(args, cmd, val.strip()))
+            else:
+                print(HELP)
             continue
         respond(line)
 

@@ -66,6 +66,7 @@ def user_message(e: BaseException) -> str | None:
     fixes outside the program (permission denied, read-only file system, disk full)."""
     from .checkpoint import CheckpointError
     from .common import UserError
+    from .dataset import CorpusNotFoundError
     from .download import DownloadError
     from .tokenizer import TokenizerError
     from .training import TrainingError
@@ -76,7 +77,7 @@ def user_message(e: BaseException) -> str | None:
         if isinstance(e.code, str):
             return e.code
         raise e  # a plain exit code (0, argparse's 2 after it printed its own message): pass it on
-    if isinstance(e, (CheckpointError, TokenizerError, DownloadError, TrainingError)):
+    if isinstance(e, (CheckpointError, TokenizerError, DownloadError, TrainingError, CorpusNotFoundError)):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
         where = f": {e.filename}" if e.filename else ""

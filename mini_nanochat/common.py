@@ -297,11 +297,22 @@ def seed_everything(seed: int) -> None:
 # later stage mistakes for a complete one, so everything is written to a temp file and renamed.
 
 
+def umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere os.umask() must set it to read it, which
+    for a moment changes it for every thread, so /proc is tried first."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _file_mode() -> int:
     """The permissions a plain open() would give a new file here: 0666 minus the process's umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~umask()
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import UserError, get_base_dir, sha256_file, write_json_atomic
+from .common import UserError, get_base_dir, sha256_file, umask, write_json_atomic
 
 
 class CorpusError(UserError):
@@ -435,21 +435,9 @@ def build_corpus(name: str, works: list[Work], out_dir: Path, val_fraction: floa
 # Replacing a corpus safely: build beside it, swap it in when complete, remove only inside <base>/data/.
 
 
-def _umask() -> int:
-    """The process's umask. Linux shows it in /proc; elsewhere os.umask() must set it to read it, which
-    for a moment changes it for every thread, so /proc is tried first."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _usual_dir_mode(path: Path) -> None:
     """Give a folder the mode mkdir() would have (0777 minus the umask): mkdtemp creates it 0700."""
-    path.chmod(0o777 & ~_umask())
+    path.chmod(0o777 & ~umask())
 
 
 def _check_replaceable(out_dir: Path) -> None:

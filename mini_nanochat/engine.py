@@ -167,8 +167,8 @@ def _eval(node, depth: int = 0):
         if not isinstance(v, (str, list)):
             raise CalculatorError("only strings and lists can be indexed")
         if isinstance(node.slice, ast.Slice):
-            parts = [None if x is None else _small_int(_eval(x, d), f"slice {what}")
-                     for x, what in ((node.slice.lower, "start"), (node.slice.upper, "stop"), (node.slice.step, "step"))]
+            bounds = {"start": node.slice.lower, "stop": node.slice.upper, "step": node.slice.step}
+            parts = [None if x is None else _small_int(_eval(x, d), f"slice {what}") for what, x in bounds.items()]
             if parts[2] == 0:
                 raise CalculatorError("slice step cannot be zero")
             return v[slice(*parts)]

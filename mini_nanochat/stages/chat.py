@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 from ..checkpoint import CheckpointError, latest_checkpoint
-from ..common import UserError, autodetect_device, get_base_dir, print_config
+from ..common import UserError, autodetect_device, get_base_dir, is_plain_name, print_config
 
 HELP = "commands: /clear  /temperature X  /topk K  /help  /quit"
 
@@ -72,6 +72,9 @@ def check_flags(args: argparse.Namespace) -> None:
         check_seed(args.seed, "--seed")
     except ValueError as e:
         raise UserError(str(e)) from None
+    if not args.run_dir and not is_plain_name(args.model_tag):
+        raise UserError(f"--model-tag {args.model_tag!r:.60} is not a plain name (letters, digits, '.', '_', '-'; "
+                        f"no '/' or '..'); use --run-dir for a path")
 
 
 # Characters a terminal acts on instead of showing: the C0 controls except tab and newline (ESC starts the

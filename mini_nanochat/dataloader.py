@@ -357,12 +357,17 @@ class DataLoader:
 def build_val_loader(tokenizer, B: int, T: int, tokens: int, corpus: str = "embedded",
                      device: str | torch.device = "cpu", **kwargs) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed, deterministic evaluation stream: the val split in its natural order (no shuffle), packed
-    the same way, `tokens // (B * T * world_size)` batches per rank (at least 1). The same call always
-    yields the same batches, so bits-per-byte is comparable across checkpoints."""
+    the same way, `tokens // (B * T * world_size)` batches per rank (at least 1), and at most one pass over
+    the split: asking for more tokens than it holds gives the whole split once, not documents repeated
+    (or, for a huge request, an evaluation that never ends). The same call always yields the same
+    batches, so bits-per-byte is comparable across checkpoints."""
     loader = DataLoader(tokenizer, B, T, split="val", corpus=corpus, device=device, shuffle=False, **kwargs)
     steps = max(1, tokens // (B * T * loader.world_size))
     try:
-        for _ in range(steps):
-            yield next(loader)
+        for i in range(steps):
+            batch = next(loader)
+            if i > 0 and loader.epoch > 0:  # this batch reached into a second pass: the split is used up
+                break
+            yield batch
     finally:
         loader.close()

@@ -157,7 +157,7 @@ def check_memory(model, batch: int, seq_len: int, device: str, margin: float = 1
     if free is not None and need > margin * free:
         raise TrainingError(f"a micro-batch of {batch} x {seq_len} tokens needs about {need / 2**30:.1f} GiB "
                             f"({summary}); lower --device-batch-size (gradient accumulation keeps the "
-                            f"--total-batch-size) or --max-seq-len")
+                            f"--total-batch-size), --max-seq-len or --depth")
     return summary
 
 

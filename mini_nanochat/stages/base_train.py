@@ -140,8 +140,9 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(message)
 
     need(1 <= cfg.depth <= 256, f"--depth must be between 1 and 256, got {cfg.depth}")
-    need(cfg.max_seq_len >= 2, f"--max-seq-len must be at least 2, got {cfg.max_seq_len}")
-    need(cfg.device_batch_size >= 1, f"--device-batch-size must be at least 1, got {cfg.device_batch_size}")
+    need(2 <= cfg.max_seq_len <= 2**20, f"--max-seq-len must be between 2 and {2**20:,}, got {cfg.max_seq_len}")
+    need(1 <= cfg.device_batch_size <= 2**20,
+         f"--device-batch-size must be between 1 and {2**20:,}, got {cfg.device_batch_size}")
     need(cfg.total_batch_size == -1 or cfg.total_batch_size >= 1,
          f"--total-batch-size must be positive (or -1: one micro-batch per rank), got {cfg.total_batch_size}")
     need(cfg.num_iterations == -1 or cfg.num_iterations >= 1,
@@ -158,7 +159,7 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= cfg.final_lr_frac <= 1, f"--final-lr-frac must be between 0 and 1, got {cfg.final_lr_frac}")
     for flag in ("eval_every", "sample_every", "save_every"):
         need(getattr(cfg, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0 (0: at the end only), got {getattr(cfg, flag)}")
-    need(cfg.eval_tokens >= 1, f"--eval-tokens must be at least 1, got {cfg.eval_tokens}")
+    need(cfg.eval_tokens >= 1, f"--eval-tokens must be at least 1 (at most the val split is used), got {cfg.eval_tokens}")
     need(cfg.keep_last >= 1, f"--keep-last must be at least 1, got {cfg.keep_last}")
     need(cfg.stop_at == -1 or cfg.stop_at >= 1, f"--stop-at must be at least 1 (or -1), got {cfg.stop_at}")
     need(cfg.dist_timeout > 0 and _math.isfinite(cfg.dist_timeout), f"--dist-timeout must be positive, got {cfg.dist_timeout}")
@@ -194,6 +195,11 @@ def run(args: argparse.Namespace) -> dict:
     tok = get_tokenizer(cfg.tokenizer)
     token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.int64, device=device)
     mcfg = GPTConfig.from_depth(cfg.depth, vocab_size=tok.vocab_size, sequence_len=cfg.max_seq_len, preset=cfg.preset)
+    try:  # sized on the meta device first (no memory): a model or batch that cannot fit is refused before allocation
+        memory = check_memory(GPT(mcfg, device="meta", compute_dtype=dtype), cfg.device_batch_size,
+                              cfg.max_seq_len, device)
+    except TrainingError as e:
+        raise UserError(f"base-train: {e}") from None
     model = GPT(mcfg, device=device, compute_dtype=dtype)
     n_params = model.param_counts()["total"]
     flops_per_token = model.estimate_flops()
@@ -204,10 +210,6 @@ def run(args: argparse.Namespace) -> dict:
                         f"= {micro_tokens}")
     grad_accum = total_batch // micro_tokens
     num_iterations, horizon_rule = resolve_horizon(cfg, n_params, flops_per_token, total_batch)
-    try:
-        memory = check_memory(model, cfg.device_batch_size, cfg.max_seq_len, device)
-    except TrainingError as e:
-        raise UserError(f"base-train: {e}") from None
     run_dir = Path(cfg.run_dir) if cfg.run_dir else get_base_dir() / "runs" / (cfg.model_tag or f"d{cfg.depth}")
 
     print_config("base-train", {**asdict(cfg), "device": device, "compute dtype": str(dtype).replace("torch.", ""),
@@ -283,7 +285,7 @@ def run(args: argparse.Namespace) -> dict:
     val_bpb, last_loss = float("nan"), float("nan")
     step = start_step
     bar = tqdm(total=num_iterations, initial=start_step, desc="base-train", unit="step", disable=not dist.is_master)
-    t_train = 0.0
+    t_train, t_first = 0.0, float("nan")
     while True:
         last = step == num_iterations
         pause = step == cfg.stop_at and not last and step > start_step
@@ -320,6 +322,8 @@ def run(args: argparse.Namespace) -> dict:
         step += 1
         if step > start_step + 1:  # the first step includes warm-up work (and compilation)
             t_train += dt
+        else:
+            t_first = dt
         tok_s = total_batch / dt
         mfu = tok_s * flops_per_token / peak if peak else None
         log({"step": step, "loss": last_loss, "lr_mult": mult, "tok_per_s": tok_s, "mfu": mfu, "dt": dt})
@@ -329,7 +333,8 @@ def run(args: argparse.Namespace) -> dict:
     loader.close()
     steps_timed = max(1, step - start_step - 1)
     summary = {"run_dir": str(run_dir), "steps": step, "final_val_bpb": val_bpb, "final_train_loss": last_loss,
-               "tok_per_s": steps_timed * total_batch / t_train if t_train > 0 else float("nan"),
+               # a run of one step has only the first step, warm-up included, to time
+               "tok_per_s": steps_timed * total_batch / t_train if t_train > 0 else total_batch / t_first,
                "peak_flops": peak}
     summary["mfu"] = summary["tok_per_s"] * flops_per_token / peak if peak else None
     if dist.is_master:

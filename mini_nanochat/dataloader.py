@@ -197,7 +197,16 @@ class DataLoader:
     def _unit_texts(self, unit: tuple[int, int]) -> list[str]:
         if self._unit_cache is None or self._unit_cache[0] != unit:
             s, g = unit
-            self._unit_cache = (unit, self._files[s].read_row_group(g, columns=["text"]).column("text").to_pylist())
+            try:
+                texts = self._files[s].read_row_group(g, columns=["text"]).column("text").to_pylist()
+            except Exception as e:  # noqa: BLE001 - a damaged page behind an intact footer: name the file
+                from .dataset import CorpusError
+
+                raise CorpusError(f"{self._shards[s]}: row group {g} cannot be read ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:160] if str(e) else ''})",
+                                  "rebuild the corpus with `python -m mini_nanochat data --force` and the same "
+                                  "--corpus / --name") from e
+            self._unit_cache = (unit, texts)
         return self._unit_cache[1]
 
     def _next_docs(self, cur: _Cursor, n: int) -> list[DocId]:

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import UserError, get_base_dir, sha256_file, umask, write_json_atomic
+from .common import UserError, get_base_dir, is_plain_name, sha256_file, umask, write_json_atomic
 
 
 class CorpusError(UserError):
@@ -182,18 +182,19 @@ def write_shards(texts: list[str], directory: Path, rows_per_shard: int, row_gro
 # Where corpora live. A name is a folder under <base>/data/ that a rebuild replaces, so it must never be a
 # path: `--name ..` once made `data --force` delete the whole base directory.
 
-_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def check_corpus_name(name: str) -> str:
-    """`name` if it is a plain corpus name (letters, digits, '-', '_', '.'; not '.' or '..'), else a UserError.
+    """`name` if it is a plain name (common.is_plain_name: letters, digits, '-', '_', '.', not starting
+    with '.' or '-', at most 100 characters; the rule of run tags and tokenizer names too), else a
+    UserError. A leading '.' is kept for the build's own hidden temp folders (`.<name>.build-*`).
 
     >>> check_corpus_name("my_texts-2.0")
     'my_texts-2.0'
     """
-    if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise UserError(f"{name!r} is not a corpus name: use letters, digits, '-', '_' and '.' "
-                        f"(not '.' or '..', no '/')")
+    if not is_plain_name(name):
+        raise UserError(f"{name!r:.60} is not a corpus name: use letters, digits, '-', '_' and '.', starting with "
+                        f"a letter, digit or '_' (no '/', not '.' or '..')")
     return name
 
 

@@ -231,6 +231,27 @@ def test_truncated_shard_is_named_by_list_shards_and_the_loader(home, texts):
         verify_corpus("texts")
 
 
+def test_damaged_page_behind_an_intact_footer_is_named_by_the_loader(base_dir, tmp_path, monkeypatch):
+    """Zeros written over the middle of a shard: same size, intact footer, so only reading the row group
+    finds it. The loader names the shard and the row group (a CorpusError, one line on the CLI) instead
+    of pyarrow's bare error."""
+    from mini_nanochat.dataloader import DataLoader
+    from mini_nanochat.tokenizer import Tokenizer
+
+    home = tmp_path / "home"
+    shutil.copytree(base_dir / "data", home / "data")
+    monkeypatch.setenv("MINI_NANOCHAT_HOME", str(home))
+    shard = first_train_shard("embedded")
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3: len(raw) // 3 + 4096] = bytes(4096)
+    shard.write_bytes(bytes(raw))
+    tok = Tokenizer.train(list(iter_texts("embedded", "val"))[:200], 300)
+    loader = DataLoader(tok, 4, 64, prefetch=0, shuffle=False)
+    with pytest.raises(CorpusError, match=rf"{shard}: row group \d+ cannot be read"):
+        for _ in range(5000):
+            next(loader)
+
+
 def test_shard_with_a_broken_footer_is_named(home, texts):
     data.main(["--corpus", str(texts), *SMALL])
     shard = first_train_shard("texts")

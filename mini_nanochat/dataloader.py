@@ -366,17 +366,30 @@ class DataLoader:
 def build_val_loader(tokenizer, B: int, T: int, tokens: int, corpus: str = "embedded",
                      device: str | torch.device = "cpu", **kwargs) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed, deterministic evaluation stream: the val split in its natural order (no shuffle), packed
-    the same way, `tokens // (B * T * world_size)` batches per rank (at least 1), and at most one pass over
-    the split: asking for more tokens than it holds gives the whole split once, not documents repeated
-    (or, for a huge request, an evaluation that never ends). The same call always yields the same
-    batches, so bits-per-byte is comparable across checkpoints."""
+    the same way, `tokens // (B * T * world_size)` batches per rank (at least 1). The same call always
+    yields the same batches, so bits-per-byte is comparable across checkpoints.
+
+    The number of batches is also capped by an upper bound on the split's size: a token holds at least one
+    byte, so one pass has at most (text bytes + documents) tokens, read from the shards' parquet metadata
+    without reading the text. A request far larger than the split (a typo, or --eval-tokens 1e15) then
+    ends after a few passes at most instead of cycling for ever."""
     loader = DataLoader(tokenizer, B, T, split="val", corpus=corpus, device=device, shuffle=False, **kwargs)
-    steps = max(1, tokens // (B * T * loader.world_size))
+    per_batch = B * T * loader.world_size
+    steps = max(1, min(tokens, _split_token_bound(loader)) // per_batch)
     try:
-        for i in range(steps):
-            batch = next(loader)
-            if i > 0 and loader.epoch > 0:  # this batch reached into a second pass: the split is used up
-                break
-            yield batch
+        for _ in range(steps):
+            yield next(loader)
     finally:
         loader.close()
+
+
+def _split_token_bound(loader: DataLoader) -> int:
+    """Bytes of text plus documents in the loader's shards (parquet footers only): >= its tokens."""
+    total = 0
+    for f in loader._files:
+        meta = f.metadata
+        col = f.schema_arrow.get_field_index("text")
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            total += rg.column(col).total_uncompressed_size + rg.num_rows
+    return max(total, 1)

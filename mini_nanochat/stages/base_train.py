@@ -159,7 +159,7 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= cfg.final_lr_frac <= 1, f"--final-lr-frac must be between 0 and 1, got {cfg.final_lr_frac}")
     for flag in ("eval_every", "sample_every", "save_every"):
         need(getattr(cfg, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0 (0: at the end only), got {getattr(cfg, flag)}")
-    need(cfg.eval_tokens >= 1, f"--eval-tokens must be at least 1 (at most the val split is used), got {cfg.eval_tokens}")
+    need(cfg.eval_tokens >= 1, f"--eval-tokens must be at least 1 (capped near the val split's size), got {cfg.eval_tokens}")
     need(cfg.keep_last >= 1, f"--keep-last must be at least 1, got {cfg.keep_last}")
     need(cfg.stop_at == -1 or cfg.stop_at >= 1, f"--stop-at must be at least 1 (or -1), got {cfg.stop_at}")
     need(cfg.dist_timeout > 0 and _math.isfinite(cfg.dist_timeout), f"--dist-timeout must be positive, got {cfg.dist_timeout}")

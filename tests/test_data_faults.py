@@ -304,3 +304,23 @@ def test_corpus_files_get_the_usual_permissions(home, texts, umask):
     for path in [root, *root.rglob("*")]:
         want = (0o777 if path.is_dir() else 0o666) & ~umask
         assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+def test_base_train_checks_the_corpus_before_training(base_dir, tmp_path, monkeypatch, capsys):
+    """One flipped byte in a shard (same size, intact footer): base-train refuses to start, naming the
+    shard, before it builds anything (its sha256 no longer matches the manifest)."""
+    from mini_nanochat.stages import tok_train
+
+    home = tmp_path / "home"
+    shutil.copytree(base_dir / "data", home / "data")
+    monkeypatch.setenv("MINI_NANOCHAT_HOME", str(home))
+    tok_train.main(["--name", "t", "--vocab-size", "300", "--max-chars", "20000"])
+    shard = first_train_shard("embedded")
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    code = cli(["base-train", "--depth", "1", "--max-seq-len", "16", "--tokenizer", "t", "--num-iterations", "1",
+                "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(shard) in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()

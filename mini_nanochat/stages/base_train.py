@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> dict:
     use_compile = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     seed_everything(cfg.seed)
     tok = get_tokenizer(cfg.tokenizer)
+    corpus_check = _verify_corpus(cfg.corpus)  # a damaged shard is named now, not hours into training
     token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.int64, device=device)
     mcfg = GPTConfig.from_depth(cfg.depth, vocab_size=tok.vocab_size, sequence_len=cfg.max_seq_len, preset=cfg.preset)
     try:  # sized on the meta device first (no memory): a model or batch that cannot fit is refused before allocation
@@ -220,6 +221,7 @@ def run(args: argparse.Namespace) -> dict:
                                 "tokens/step": f"{total_batch:,} ({grad_accum} micro-batches)",
                                 "iterations": f"{num_iterations:,} ({horizon_rule})",
                                 "train tokens": f"{num_iterations * total_batch:,}", "memory": memory,
+                                "corpus check": corpus_check,
                                 "run dir": str(run_dir)})
 
     sync = GradSync(model, cfg.sync)
@@ -349,6 +351,23 @@ def run(args: argparse.Namespace) -> dict:
         print0(f"done: {step} of {num_iterations} steps, val bpb {val_bpb:.4f}, train loss {last_loss:.4f}, "
                f"{summary['tok_per_s']:,.0f} tok/s, {mfu_text}; {run_dir}")
     return summary
+
+
+VERIFY_HASHES_UP_TO = 2 * 2**30  # bytes of shards: hashing reads them all (~0.1 s for the embedded 17 MB)
+
+
+def _verify_corpus(corpus: str) -> str:
+    """Check the corpus before training: every shard present, of its recorded size, with a readable
+    footer, and, for corpora up to VERIFY_HASHES_UP_TO, its sha256 against the manifest. A CorpusError
+    (a UserError naming the file and the command that rebuilds it) stops the run before it starts."""
+    from ..dataset import verify_corpus
+
+    manifest = verify_corpus(corpus, hashes=False)
+    size = sum(int(e.get("bytes") or 0) for e in manifest["shards"])
+    if size <= VERIFY_HASHES_UP_TO:
+        verify_corpus(corpus, hashes=True)
+        return f"{len(manifest['shards'])} shards, {size / 2**20:.1f} MiB, sizes and sha256 ok"
+    return f"{len(manifest['shards'])} shards, {size / 2**30:.1f} GiB, sizes and footers ok (too large to hash each run)"
 
 
 def _record_step(line: str) -> int | None:

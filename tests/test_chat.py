@@ -62,6 +62,14 @@ def test_streamer_escapes_terminal_control_codes(base_dir):
     assert printed == "\\x1b[2J\\x1b]0;pwned\\x07 ok\\x0dX\tY\\x9b31m\n\n"
 
 
+def test_bidi_controls_are_shown_escaped():
+    """A right-to-left override in an answer would make the terminal show the text around it reversed."""
+    from mini_nanochat.stages.chat import escape_controls
+
+    assert escape_controls("pay \u202eten\u202c now \u2067x\u2069") == "pay \\u202eten\\u202c now \\u2067x\\u2069"
+    assert escape_controls("naïve café — ok") == "naïve café — ok"  # ordinary non-ASCII text passes
+
+
 def test_fit_conversation_drops_oldest_turns(trained):
     from mini_nanochat.tokenizer import get_tokenizer
 

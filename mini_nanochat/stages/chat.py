@@ -82,7 +82,10 @@ def check_flags(args: argparse.Namespace) -> None:
 # clipboard; CR rewrites the line), DEL, and the C1 controls U+0080-U+009F (U+009B is a one-character
 # CSI). The model's text is untrusted (ADR 0025's threat model: a prompt or a pasted document can ask for
 # them), so they are shown as \x1b etc. and never reach the terminal as they are.
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Also the Unicode bidirectional controls (U+200E/F, U+202A-E, U+2066-9): they cannot drive the terminal,
+# but they reorder how the text around them is displayed ("Trojan Source", Boucher & Anderson 2021),
+# so an answer could show something other than what it says.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def escape_controls(text: str) -> str:
@@ -91,7 +94,8 @@ def escape_controls(text: str) -> str:
     >>> escape_controls("a\x1b[2Jb\tc\r\n\x9b")
     'a\\x1b[2Jb\tc\\x0d\n\\x9b'
     """
-    return _CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                              else f"\\u{ord(m.group()):04x}", text)
 
 
 class Streamer:

@@ -461,6 +461,29 @@ def _is_tokenizer_file(entry: Path) -> bool:
         entry.is_symlink() or entry.is_file())
 
 
+@contextlib.contextmanager
+def _save_lock(parent: Path, name: str):
+    """Hold `<parent>/.<name>.lock` (an exclusive flock) while a tokenizer called `name` is saved, so two
+    processes never swap the same directory at once; the second one is refused at once with a clear
+    TokenizerError. The lock dies with its process, so a killed save never blocks the next one. On a
+    system without fcntl (Windows) the save runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(parent / f".{name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TokenizerError(f"another process is saving tokenizer {name!r} in {parent} right now; wait for "
+                                 f"it to finish (or use another --name)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def check_replaceable(directory: str | os.PathLike) -> None:
     """Raise TokenizerError unless `directory` is absent or holds only a tokenizer's files (complete or
     not): what `Tokenizer.save` may replace. tok-train calls it before training, to fail fast."""
@@ -735,6 +758,14 @@ class Tokenizer:
 
         parent = directory.parent
         parent.mkdir(parents=True, exist_ok=True)
+        with _save_lock(parent, directory.name):
+            return self._save_locked(directory, parent, ranks_text, tb_text, cfg_text)
+
+    def _save_locked(self, directory: Path, parent: Path, ranks_text: str, tb_text: str, cfg_text: str) -> Path:
+        """Tokenizer.save's swap, run while holding the name's lock (see _save_lock)."""
+        for stale in parent.glob(f".{directory.name}.*.new"):  # a save killed mid-write (we hold the lock)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
         new = parent / f".{directory.name}.{secrets.token_hex(6)}.new"  # hidden: never a tokenizer name
         new.mkdir()  # like tempfile.mkdtemp, fails if it exists, but with the usual permissions (umask)
         old = None

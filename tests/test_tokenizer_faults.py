@@ -374,7 +374,9 @@ def other():
 
 
 def _leftovers(parent) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+    """Hidden entries a save left behind, except the names' lock files, which stay by design (removing a
+    lock file while another process may be opening it would let two saves lock different files)."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock"))
 
 
 @pytest.mark.parametrize("fail_at", ["ranks.tiktoken", "token_bytes.json", "tokenizer.json", "swap"])
@@ -497,3 +499,29 @@ def test_tok_train_reuses_a_tokenizer_saved_with_max_chars_0(base_dir, small, ca
     legacy.save(base_dir / "tokenizer" / "legacy")
     tok = tok_train.main(["--name", "legacy", "--vocab-size", "320"])
     assert "already trained" in capsys.readouterr().out and tok.sha256() == legacy.sha256()
+
+
+def test_concurrent_save_is_refused_and_a_killed_save_is_cleaned(tmp_path):
+    """While one process holds the name's lock, another save is refused at once (no interleaved swap);
+    a `.new` folder left by a save killed mid-write is removed by the next save."""
+    import fcntl
+
+    from mini_nanochat.tokenizer import Tokenizer, TokenizerError
+
+    ranks = {bytes([i]): i for i in range(256)}
+    specials = {name: 256 + i for i, name in enumerate(Tokenizer.train(["ab ab ab"], 270).special_tokens)}
+    tok = Tokenizer(ranks, specials, name="t")
+    target = tmp_path / "t"
+    stale = tmp_path / ".t.0123456789ab.new"
+    stale.mkdir()
+    (stale / "ranks.tiktoken").write_text("half")
+    with open(tmp_path / ".t.lock", "a") as f:  # another process is saving right now
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(TokenizerError, match="another process is saving"):
+            tok.save(target)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    assert not target.exists() and stale.exists()  # nothing was touched while refused
+    tok.save(target)
+    assert Tokenizer.load(target).sha256() == tok.sha256()
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.lock", "t"]

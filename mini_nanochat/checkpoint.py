@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .common import sha256_file
+from .common import fsync_dir, sha256_file
 
 
 class CheckpointError(Exception):
@@ -45,17 +45,6 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _clean_stale_temps(ck_root: Path) -> None:
@@ -128,7 +117,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(ck_root)
+        fsync_dir(ck_root)
     except Exception as e:  # noqa: BLE001 - OSError, and torch.save's RuntimeError on a full disk
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {final}: {_why_write_failed(e, ck_root)}. The previous "

@@ -338,6 +338,52 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         raise
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make renames inside `path` durable (POSIX; a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class LockBusy(Exception):
+    """file_lock waited its whole timeout: another process holds the lock."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout: float | None = None):
+    """An exclusive advisory lock on `path` (created if needed) for as long as the block runs, shared by
+    threads and processes (POSIX flock; it dies with its process, so a killed holder never blocks the next
+    one). Waits up to `timeout` seconds (None: for ever; 0: not at all), then raises LockBusy. The
+    lock file stays afterwards: removing it while another process opens it would let two lock different
+    files. Without fcntl (Windows) the block runs unlocked."""
+    import time
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        start = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    raise LockBusy(f"{path} is locked by another process") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path) as f:
         f.write(text)

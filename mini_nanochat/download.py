@@ -40,7 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import sha256_file
+from .common import LockBusy, sha256_file
+from .common import file_lock as common_file_lock
 
 USER_AGENT = "mini-nanochat/0.1 (+https://github.com/karpathy/nanochat spirit)"
 
@@ -66,24 +67,12 @@ class Expected:
 
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float | None = None):
-    """An exclusive advisory lock on `path` (created if needed), shared by threads and processes (POSIX flock)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        start = time.monotonic()
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if timeout is not None and time.monotonic() - start > timeout:
-                    raise DownloadError(f"timed out after {timeout:.0f}s waiting for the lock {path}") from None
-                time.sleep(0.05)
-        try:
+    """common.file_lock, with a DownloadError when `timeout` runs out."""
+    try:
+        with common_file_lock(path, timeout):
             yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except LockBusy:
+        raise DownloadError(f"timed out after {timeout:.0f}s waiting for the lock {path}") from None
 
 
 def verify_parquet(path: Path, expected_size: int | None = None) -> bool:

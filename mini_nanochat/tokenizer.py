@@ -30,7 +30,7 @@ from pathlib import Path
 import regex
 import tiktoken
 
-from .common import PLAIN_NAME
+from .common import PLAIN_NAME, LockBusy, file_lock, fsync_dir
 
 # ====================================================================================================
 # 1. The split pattern
@@ -461,29 +461,6 @@ def _is_tokenizer_file(entry: Path) -> bool:
         entry.is_symlink() or entry.is_file())
 
 
-@contextlib.contextmanager
-def _save_lock(parent: Path, name: str):
-    """Hold `<parent>/.<name>.lock` (an exclusive flock) while a tokenizer called `name` is saved, so two
-    processes never swap the same directory at once; the second one is refused at once with a clear
-    TokenizerError. The lock dies with its process, so a killed save never blocks the next one. On a
-    system without fcntl (Windows) the save runs unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(parent / f".{name}.lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TokenizerError(f"another process is saving tokenizer {name!r} in {parent} right now; wait for "
-                                 f"it to finish (or use another --name)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def check_replaceable(directory: str | os.PathLike) -> None:
     """Raise TokenizerError unless `directory` is absent or holds only a tokenizer's files (complete or
     not): what `Tokenizer.save` may replace. tok-train calls it before training, to fail fast."""
@@ -518,16 +495,6 @@ def _write_synced(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames inside `path` durable (POSIX; a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class Tokenizer:
@@ -758,11 +725,15 @@ class Tokenizer:
 
         parent = directory.parent
         parent.mkdir(parents=True, exist_ok=True)
-        with _save_lock(parent, directory.name):
-            return self._save_locked(directory, parent, ranks_text, tb_text, cfg_text)
+        try:  # one save of a name at a time; a second one is refused at once, not queued
+            with file_lock(parent / f".{directory.name}.lock", timeout=0):
+                return self._save_locked(directory, parent, ranks_text, tb_text, cfg_text)
+        except LockBusy:
+            raise TokenizerError(f"another process is saving tokenizer {directory.name!r} in {parent} right now; "
+                                 f"wait for it to finish (or use another --name)") from None
 
     def _save_locked(self, directory: Path, parent: Path, ranks_text: str, tb_text: str, cfg_text: str) -> Path:
-        """Tokenizer.save's swap, run while holding the name's lock (see _save_lock)."""
+        """Tokenizer.save's swap, run while holding the name's lock (common.file_lock on `.<name>.lock`)."""
         for stale in parent.glob(f".{directory.name}.*.new"):  # a save killed mid-write (we hold the lock)
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -773,7 +744,7 @@ class Tokenizer:
             for fname, text in (("ranks.tiktoken", ranks_text), ("token_bytes.json", tb_text),
                                 ("tokenizer.json", cfg_text)):
                 _write_synced(new / fname, text)
-            _fsync_dir(new)
+            fsync_dir(new)
             if os.path.lexists(directory):
                 old = new.with_name(new.name.removesuffix(".new") + ".old")
                 os.rename(directory, old)
@@ -783,7 +754,7 @@ class Tokenizer:
                 os.rename(old, directory)  # put the old tokenizer back where it was
             shutil.rmtree(new, ignore_errors=True)  # our own fresh directory, nothing else
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
         if old is not None:
             _remove_tokenizer_dir(old)
         return directory

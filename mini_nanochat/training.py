@@ -21,7 +21,6 @@ supervised fine-tuning and RL will use the same functions instead of copying the
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

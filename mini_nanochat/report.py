@@ -433,10 +433,12 @@ def missing(note: str | None, command: str) -> str:
 
 
 def _eval_table(ev: dict, shots: bool) -> tuple[str, bool]:
-    """The per-task table of an eval file; the ± column appears when the tasks were subsampled."""
+    """The per-task table of an eval file; the ± column appears when the tasks were subsampled, the
+    coverage column (how close our items are to DCLM's: exact / subset / close / missing) when recorded."""
     sub = is_number(ev.get("max_per_task")) and ev["max_per_task"] > 0
+    cov = any(isinstance(t, dict) and "coverage" in t for t in ev["tasks"].values())
     header = ["task", "kind"] + (["shots"] if shots else []) + ["n", "accuracy"] + (["± s.e."] if sub else []) + \
-             ["centred", "chance", "seconds"] + (["in CORE"] if shots else [])
+             ["centred", "chance", "seconds"] + (["items"] if cov else []) + (["in CORE"] if shots else [])
     rows = []
     for name, t in ev["tasks"].items():
         if not isinstance(t, dict):
@@ -450,15 +452,19 @@ def _eval_table(ev: dict, shots: bool) -> tuple[str, bool]:
         if sub:
             row.append(num(binomial_se(t.get("accuracy"), t.get("n"))))
         row += [num(t.get("centered")), num(t.get("chance"), ".3f"), num(t.get("seconds"), ".1f")]
+        if cov:
+            row.append(t.get("coverage", "—"))
         if shots:
-            row.append("yes" if t.get("core", True) else "no (own task)")
+            row.append("not scored: items unavailable" if t.get("missing") else
+                       "yes" if t.get("core", True) else "no (own task)")
         rows.append(row)
     return table(header, rows), sub
 
 
 def _core_se(ev: dict) -> float | None:
     """CORE is a mean of k centred accuracies; its standard error is sqrt(sum of their squared errors) / k."""
-    ses = [centred_se(t) for t in ev["tasks"].values() if isinstance(t, dict) and t.get("core", True)]
+    ses = [centred_se(t) for t in ev["tasks"].values()
+           if isinstance(t, dict) and t.get("core", True) and not t.get("missing")]
     if not ses or any(s is None for s in ses):
         return None
     return math.sqrt(sum(s * s for s in ses)) / len(ses)

@@ -54,6 +54,8 @@ def make_run(home, tag="t1", evals=True):
                                         "mean_shots": 0.0, "kind": "mc", "source": "x", "seconds": 3.0, "core": True},
                  "winograd": {"accuracy": 0.45, "centered": -0.1, "chance": 0.5, "n": 100, "shots": 0,
                               "mean_shots": 0.0, "kind": "schema", "source": "x", "seconds": 1.0, "core": True},
+                 "squad": {"kind": "lm", "shots": 10, "source": "x", "coverage": "missing", "core": True,
+                           "missing": True},
                  "my|task": {"accuracy": 0.2, "centered": 0.2, "chance": 0.0, "n": 50, "shots": 3,
                              "mean_shots": 2.5, "kind": "lm", "source": "own", "seconds": 1.0, "core": False}}
         (run / "eval" / "base_eval.json").write_text(json.dumps({
@@ -83,8 +85,10 @@ def test_full_report(home, capsys):
     md = md_path.read_text()
     # evaluation: CORE, the tasks scored, a task row, the subsample note and the standard error per task
     assert "CORE -0.0167" in md and "2 of 22 tasks scored" in md
-    assert "| hellaswag_zeroshot | mc | 0 | 100 | 0.3000 | 0.0458 | 0.0667 | 0.250 |" in md
+    assert "| hellaswag_zeroshot | mc | 0 | 100 | 0.3000 | 0.0458 | 0.0667 | 0.250 | 3.0 | — | yes |" in md
+    assert "CORE -0.0167** ± 0.0584" in md  # sqrt(se1² + se2²) / 2 over the scored CORE tasks only
     assert f"{binomial_se(0.3, 100):.4f}" == "0.0458" and "sqrt(p(1-p)/n)" in md
+    assert "| squad | lm | 10 | — | — | — | — | — | — | missing | not scored: items unavailable |" in md
     assert "my\\|task" in md and "no (own task)" in md and "3 (mean 2.5)" in md  # escaped, outside CORE
     assert "val bpb** 1.9876" in md
     # chat, training, tokenizer, time and cost, samples

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from ..checkpoint import CheckpointError, load_model
     from ..common import autodetect_device, compute_dtype, setup_device
-    from ..core_eval import evaluate_task
+    from ..core_eval import centred, evaluate_task
     from ..distributed import destroy, device_for_rank, init_distributed
     from ..tasks import TaskDataError
     from ..tasks import jsonl as tasks_jsonl
@@ -177,9 +177,10 @@ def run(args: argparse.Namespace) -> dict:
     header = f"{'task':<34} {'kind':<6} {'shots':>9} {'n':>6} {'accuracy':>9} {'centred':>8} {'time':>7}"
     if tasks or own:
         print0(header)
-    work = [(t.name, t.kind, t.shots, t.load, t.source, t.coverage, True) for t in tasks] + \
-           [(n, items[0]["kind"], args.shots, (lambda it=items: (it, "")), "tasks file", "own", False) for n, items in own]
-    for name, kind, shots, load, source, coverage, in_core in work:
+    work = [(t.name, t.kind, t.shots, t.load, t.source, t.coverage, True, t.chance) for t in tasks] + \
+           [(n, items[0]["kind"], args.shots, (lambda it=items: (it, "")), "tasks file", "own", False, None)
+            for n, items in own]
+    for name, kind, shots, load, source, coverage, in_core, chance in work:
         if load is None:
             print0(f"{name:<34} {kind:<6} {'':>9} {'':>6} {'missing':>9}   ({source})")
             results[name] = {"kind": kind, "shots": shots, "source": source, "coverage": coverage, "core": in_core,
@@ -193,6 +194,8 @@ def run(args: argparse.Namespace) -> dict:
         r = evaluate_task(model, tok, items, shots, max_len, device, name=name, max_per_task=args.max_per_task,
                           preamble=preamble)
         seconds = time.time() - t0
+        if chance is not None:  # DCLM's own chance level for this task (BoolQ: the majority class)
+            r["chance"], r["centred"] = chance, centred(r["accuracy"], chance)
         shots_text = f"{r['mean_shots']:.1f}/{shots}" if shots else "0"
         print0(f"{name:<34} {kind:<6} {shots_text:>9} {r['n']:>6} {r['accuracy']:>9.4f} {r['centred']:>8.4f} "
                f"{seconds:>6.1f}s")

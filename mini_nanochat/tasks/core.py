@@ -29,6 +29,7 @@ class CoreTask:
     source: str               # where the items come from
     dclm_items: int           # how many items DCLM's bundle has
     load: Callable[[], tuple[list[dict], str]] | None = field(default=None, repr=False)  # -> (items, preamble)
+    chance: float | None = None  # DCLM's chance level where it is not 1/options (else derived from the items)
 
 
 def _plain(fn) -> Callable[[], tuple[list[dict], str]]:
@@ -79,7 +80,8 @@ TASKS: list[CoreTask] = [
     CoreTask("bigbench_repeat_copy_logic", "lm", 10, "exact", f"{BB}: repeat_copy_logic", 32, _bb("repeat_copy_logic")),
     CoreTask("squad", "lm", 10, "subset", f"{OLMO}: squad validation, 1,000-item subsample", 10570, _plain(olmo.squad)),
     CoreTask("coqa", "lm", 0, "exact", f"{OLMO}: coqa validation turns", 7983, _plain(olmo.coqa)),
-    CoreTask("boolq", "mc", 10, "exact", f"{OLMO}: boolq validation", 3270, _plain(olmo.boolq)),
+    # BoolQ: DCLM's table (v1, which nanochat keeps; v2 too) uses the majority class, 62% "yes", not 1/2
+    CoreTask("boolq", "mc", 10, "exact", f"{OLMO}: boolq validation", 3270, _plain(olmo.boolq), chance=0.62),
     CoreTask("bigbench_language_identification", "mc", 10, "exact", f"{BB}: language_identification", 10000,
              _bb("language_identification")),
 ]

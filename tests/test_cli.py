@@ -26,12 +26,15 @@ def test_speedrun_end_to_end(base_dir, capsys):
     from mini_nanochat.stages import speedrun
     from mini_nanochat.tokenizer import get_tokenizer
 
-    speedrun.main(["--depth", "1", "--iterations", "3"])
+    speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2"])
     out = capsys.readouterr().out
     assert "bytes per token" in out and "o200k_base" in out and "speedrun done" in out
     assert "done: 3 of 3 steps, val bpb" in out
-    speedrun.main(["--depth", "1", "--iterations", "3"])  # a second run skips every stage
-    assert "pretraining already done" in capsys.readouterr().out
+    assert "CORE " in out and (base_dir / "runs" / "speedrun" / "eval" / "base_eval.json").is_file()
+    assert (base_dir / "reports" / "speedrun.md").is_file()
+    speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2"])  # a second run skips every stage
+    again = capsys.readouterr().out
+    assert "pretraining already done" in again and "base-eval already done" in again
     tok = get_tokenizer("default")
     assert tok.vocab_size == 4096
     assert (base_dir / "reports" / "tok-eval.md").is_file() and (base_dir / "reports" / "tok-eval.html").is_file()

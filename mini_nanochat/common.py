@@ -395,6 +395,26 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
         f.write("\n")
 
 
+def write_jsonl_atomic(path: str | os.PathLike, records) -> None:
+    """One JSON object per line (per-item evaluation results), written atomically."""
+    with atomic_write(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def earlier_eval_results(path: str | os.PathLike, checkpoint: str, max_per_task: int, keep=lambda name, r: True) -> dict:
+    """The per-task results an earlier evaluation summary (base_eval.json, chat_eval.json) holds for the same
+    checkpoint and --max-per-task, so that evaluating other tasks adds to it instead of replacing it; {} if
+    there is none, it is unreadable, or it was made on another checkpoint or sample size."""
+    try:
+        old = json.loads(Path(path).read_text())
+        if old.get("checkpoint") == checkpoint and old.get("max_per_task") == max_per_task:
+            return {k: v for k, v in old["tasks"].items() if isinstance(v, dict) and keep(k, v)}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        pass
+    return {}
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

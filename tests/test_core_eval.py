@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mini_nanochat import core_eval
-from mini_nanochat.core_eval import centred, chance_level, check_item, common_length, evaluate_task, prepare, render
+from mini_nanochat.core_eval import centred, chance_level, check_item, common_length, evaluate_task, prepare
 
 SLICE = 12  # items per task: small and fixed (core_eval.subsample is seeded)
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import time
 from pathlib import Path
 
-from ..common import UserError, atomic_write, get_base_dir, get_dist_info, is_plain_name, print0, print_config, \
-    write_json_atomic
+from ..common import UserError, earlier_eval_results, get_base_dir, get_dist_info, is_plain_name, print0, \
+    print_config, write_json_atomic, write_jsonl_atomic
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
                   "The opposite of hot is", "The planets of the solar system are:", "My favorite color is",
@@ -105,23 +104,6 @@ def val_bpb(model, tok, meta: dict, eval_tokens: int, device) -> tuple[float | N
     return evaluate_bpb(model, batches, token_bytes), tokens, f"{len(batches)} batches of {B}x{T}, corpus {corpus}"
 
 
-def _earlier_results(path: Path, checkpoint: str, max_per_task: int) -> dict:
-    """Task results of an earlier base-eval of the same checkpoint with the same --max-per-task."""
-    try:
-        old = json.loads(path.read_text())
-        if old.get("checkpoint") == checkpoint and old.get("max_per_task") == max_per_task:
-            return {k: v for k, v in old["tasks"].items() if isinstance(v, dict) and "core" in v}
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass
-    return {}
-
-
-def _write_records(path: Path, records: list[dict]) -> None:
-    with atomic_write(path) as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -200,12 +182,12 @@ def run(args: argparse.Namespace) -> dict:
         print0(f"{name:<34} {kind:<6} {shots_text:>9} {r['n']:>6} {r['accuracy']:>9.4f} {r['centred']:>8.4f} "
                f"{seconds:>6.1f}s")
         if dist.is_master:
-            _write_records(out_dir / f"{name}.jsonl", r.pop("records"))
+            write_jsonl_atomic(out_dir / f"{name}.jsonl", r.pop("records"))
         results[name] = {"accuracy": r["accuracy"], "centered": r["centred"], "chance": r["chance"], "n": r["n"],
                          "shots": shots, "mean_shots": r["mean_shots"], "kind": kind, "source": source,
                          "coverage": coverage, "seconds": seconds, "core": in_core}
     summary_path = run_dir / "eval" / "base_eval.json"
-    earlier = _earlier_results(summary_path, str(ck), args.max_per_task)
+    earlier = earlier_eval_results(summary_path, str(ck), args.max_per_task, keep=lambda k, v: "core" in v)
     if earlier:  # a run of other tasks on the same checkpoint adds to the summary instead of replacing it
         print0(f"kept the results of {', '.join(sorted(set(earlier) - set(results)))} from {summary_path}")
         results = {**earlier, **results}

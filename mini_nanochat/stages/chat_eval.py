@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import time
 from pathlib import Path
@@ -124,29 +123,16 @@ def earlier_results(path: Path, checkpoint: str, max_per_task: int) -> dict:
     `--tasks GSM8K` today and `--tasks HumanEval` tomorrow make one summary. A different checkpoint
     (more training) or sample size starts afresh."""
     from ..chat_eval import ALL_TASKS
+    from ..common import earlier_eval_results
 
-    try:
-        old = json.loads(path.read_text())
-        if old.get("checkpoint") == checkpoint and old.get("max_per_task") == max_per_task:
-            return {k: v for k, v in old["tasks"].items()
-                    if k in ALL_TASKS and isinstance(v, dict) and isinstance(v.get("centered"), (int, float))}
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):
-        pass
-    return {}
-
-
-def write_records(path: Path, records: list[dict]) -> None:
-    from ..common import atomic_write
-
-    with atomic_write(path) as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return earlier_eval_results(path, checkpoint, max_per_task,
+                                keep=lambda k, v: k in ALL_TASKS and isinstance(v.get("centered"), (int, float)))
 
 
 def run(args: argparse.Namespace) -> dict:
     from ..chat_eval import ALL_TASKS, chatcore, evaluate_task
     from ..checkpoint import CheckpointError, latest_checkpoint, load_model
-    from ..common import write_json_atomic
+    from ..common import write_json_atomic, write_jsonl_atomic
     from ..distributed import destroy, device_for_rank, init_distributed
     from ..engine import Engine
 
@@ -198,7 +184,7 @@ def run(args: argparse.Namespace) -> dict:
             print0(f"{name:<14} accuracy {res.accuracy:.4f}  centred {res.centered:+.4f}  chance {res.chance:.4f}  "
                    f"n {res.n}  {res.seconds:.1f}s{extra}")
             if dist.is_master:
-                write_records(out_dir / "chat" / f"{name}.jsonl", res.records)
+                write_jsonl_atomic(out_dir / "chat" / f"{name}.jsonl", res.records)
         path = out_dir / "chat_eval.json"
         entries = {name: r.summary() for name, r in results.items()}
         earlier = earlier_results(path, str(meta["checkpoint"]), args.max_per_task)

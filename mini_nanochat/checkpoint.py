@@ -47,6 +47,27 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+# A run family: the base run <tag>, its fine-tuned chat model <tag>-sft, and that model after RL <tag>-rl.
+STAGE_SUFFIX = {"base": "", "sft": "-sft", "rl": "-rl"}
+
+
+def resolve_run(runs_dir: str | os.PathLike, tag: str, stage: str = "latest") -> Path:
+    """The run directory of `tag` at `stage`: "base", "sft", "rl", or "latest" (the most trained one that
+    has a checkpoint: <tag>-rl, else <tag>-sft, else <tag>). A tag that already names a stage is kept.
+
+        resolve_run(get_base_dir() / "runs", "speedrun")   # .../runs/speedrun-rl after the speedrun
+    """
+    runs_dir = Path(runs_dir)
+    if stage != "latest":
+        return runs_dir / (tag + STAGE_SUFFIX[stage])
+    if tag.endswith(("-sft", "-rl")):
+        return runs_dir / tag
+    for suffix in ("-rl", "-sft", ""):
+        if latest_checkpoint(runs_dir / (tag + suffix)) is not None:
+            return runs_dir / (tag + suffix)
+    return runs_dir / tag
+
+
 def _clean_stale_temps(ck_root: Path) -> None:
     """Remove `.step_*.tmp-PID` folders left by a process that died while saving (or by this one): they
     are never complete checkpoints, and on a full disk they are what keeps it full. A folder whose PID

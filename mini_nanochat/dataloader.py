@@ -393,3 +393,136 @@ def _split_token_bound(loader: DataLoader) -> int:
             rg = meta.row_group(g)
             total += rg.column(col).total_uncompressed_size + rg.num_rows
     return max(total, 1)
+
+
+# ====================================================================================================
+# Conversations for SFT: whole conversations, best-fit packed and padded, never cropped.
+# ====================================================================================================
+
+class ConversationLoader:
+    """(inputs, targets), each (B, T), of rendered conversations for supervised fine-tuning.
+
+    Pretraining crops documents to fill rows (above); a conversation cut in half would teach the model
+    to stop mid-answer or to answer a question it never saw, so here every conversation is kept whole:
+
+      * each conversation is rendered once: ids and the mask of `Tokenizer.render_conversation`
+        (1 = the assistant's own tokens, trained on; 0 = the user, the tool's output, special tokens
+        the model does not choose);
+      * a row of T+1 tokens is filled with the largest buffered conversation that fits, then the next,
+        until none fits; the rest of the row is padding (<|bos|>, never trained on);
+      * targets are the next tokens where the mask is 1, else -1 (cross_entropy's ignore_index), so the
+        loss is only on what the assistant says;
+      * a conversation longer than T+1 tokens is dropped at the start (counted in `self.dropped`).
+
+    Rank r of W takes every W-th conversation of an epoch's order (shuffled by (seed, epoch)); the state
+    after a batch is (epoch, next position, buffered indices): exact resume, as DataLoader.
+
+        >>> loader = ConversationLoader(tok, convs, B=8, T=256)      # doctest: +SKIP
+        >>> x, y = next(loader)                                      # y == -1 except assistant tokens
+    """
+
+    def __init__(self, tokenizer, conversations: list, B: int, T: int, device: str | torch.device = "cpu",
+                 seed: int = 0, shuffle: bool = True, buffer_size: int = 32, rank: int | None = None,
+                 world_size: int | None = None):
+        if B < 1 or T < 1:
+            raise ValueError(f"B and T must be positive, got B={B}, T={T}")
+        dist = get_dist_info()
+        self.rank = dist.rank if rank is None else rank
+        self.world_size = dist.world_size if world_size is None else world_size
+        self.B, self.T, self.device, self.seed, self.shuffle = B, T, torch.device(device), seed, shuffle
+        self.buffer_size = buffer_size
+        self.pad = tokenizer.bos_id
+        self.items: list[tuple[list[int], list[int]]] = []
+        self.dropped = 0
+        for conv in conversations:
+            ids, mask = tokenizer.render_conversation(conv, max_tokens=10**9)
+            if len(ids) > T + 1:
+                self.dropped += 1
+            elif sum(mask):
+                self.items.append((ids, mask))
+        if len(self.items) < self.world_size:
+            raise ValueError(f"{len(self.items)} conversations fit in {T + 1} tokens "
+                             f"({self.dropped} longer ones dropped): too few for {self.world_size} rank(s)")
+        self.epoch, self.position, self.buffer = 0, 0, []
+        self.padding = self.tokens = 0  # statistics: padded and total row positions
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.items)))
+        if self.shuffle:
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order[self.rank::self.world_size]
+
+    def _refill(self) -> None:
+        """Top the buffer up from this epoch's order, moving on to the next epoch when it ends."""
+        order = self._order(self.epoch)
+        while len(self.buffer) < self.buffer_size:
+            if self.position >= len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+                order = self._order(self.epoch)
+            self.buffer.append(order[self.position])
+            self.position += 1
+
+    def _fill_row(self, buffer: list[int], refill) -> tuple[list[int], list[int]]:
+        """One row: best-fit whole conversations from `buffer` (refilled by `refill()` before each pick),
+        then padding."""
+        ids: list[int] = []
+        mask: list[int] = []
+        while True:
+            refill()
+            space = self.T + 1 - len(ids)
+            fits = [i for i in buffer if len(self.items[i][0]) <= space]
+            if not fits:
+                break
+            best = max(fits, key=lambda i: len(self.items[i][0]))  # max() keeps the first of equals
+            buffer.remove(best)
+            ids += self.items[best][0]
+            mask += self.items[best][1]
+        pad = self.T + 1 - len(ids)
+        self.padding += pad
+        self.tokens += self.T + 1
+        return ids + [self.pad] * pad, mask + [0] * pad
+
+    def _batch(self, rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.tensor([r[0] for r in rows], dtype=torch.long)  # (B, T+1)
+        mask = torch.tensor([r[1] for r in rows], dtype=torch.bool)
+        y = torch.where(mask[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], -1))  # (B, T): -1 = not trained on
+        return ids[:, :-1].to(self.device), y.to(self.device)
+
+    def __iter__(self) -> "ConversationLoader":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._batch([self._fill_row(self.buffer, self._refill) for _ in range(self.B)])
+
+    def state_dict(self) -> dict:
+        return {"version": 1, "kind": "conversations", "seed": self.seed, "world_size": self.world_size,
+                "epoch": self.epoch, "position": self.position, "buffer": list(self.buffer)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "world_size"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"loader state was saved with {key}={state.get(key)!r}, this loader has "
+                                 f"{getattr(self, key)!r}; exact resume needs the same value")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.buffer = [int(i) for i in state["buffer"]]
+
+    def one_pass(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every conversation of this rank exactly once, in its natural order, packed the same way (for a
+        validation loss); the last batch may have fewer rows. Leaves the training position untouched."""
+        order = list(range(len(self.items)))[self.rank::self.world_size]
+        buffer: list[int] = []
+        pos = 0
+
+        def refill():
+            nonlocal pos
+            while len(buffer) < self.buffer_size and pos < len(order):
+                buffer.append(order[pos])
+                pos += 1
+
+        batches, rows = [], []
+        while pos < len(order) or buffer:
+            rows.append(self._fill_row(buffer, refill))
+            if len(rows) == self.B or (pos >= len(order) and not buffer):
+                batches.append(self._batch(rows))
+                rows = []
+        return batches

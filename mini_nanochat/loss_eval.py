@@ -46,3 +46,27 @@ def evaluate_bpb(model, batches, token_bytes: torch.Tensor) -> float:
     if nbytes == 0:
         raise ValueError("no target bytes to evaluate (empty batches?)")
     return nats / (math.log(2) * nbytes)
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches) -> float:
+    """Mean loss in nats per trained target (targets -1 ignored) over `batches`, summed over ranks: the
+    SFT validation loss, where only the assistant's tokens count."""
+    from .distributed import all_reduce
+
+    was_training = model.training
+    model.eval()
+    total = None
+    for x, y in batches:
+        loss = model(x, y, loss_reduction="sum")  # ignored targets add 0
+        count = (y >= 0).sum()
+        acc = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+        pair = torch.stack([loss.to(acc), count.to(acc)])
+        total = pair if total is None else total + pair
+    model.train(was_training)
+    if total is None:
+        raise ValueError("no batches to evaluate")
+    nats, n = all_reduce(total).tolist()
+    if n == 0:
+        raise ValueError("no trained targets in the batches")
+    return nats / n

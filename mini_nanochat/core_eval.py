@@ -216,9 +216,11 @@ def score_rows(model, rows: list[list[int]], spans_: list[tuple[int, int]], pad_
     Only those positions are turned into log-probabilities (a (B, T, V) float32 log-softmax of a
     65k vocabulary would cost more memory than the model).
 
-    Rows are padded (on the right, where causal attention cannot see it) to a multiple of 64 tokens:
-    CPU kernels (oneDNN) and GPU kernels are prepared per shape, and a new length for every item made
-    a depth-4 model 7x slower on 2 cores (115 ms vs 17 ms per forward, measured 2026-12-01)."""
+    Rows are padded (on the right, where causal attention cannot see it) to a multiple of 64 tokens, so
+    a run meets at most max_len/64 distinct shapes: kernels are prepared per shape on first use (oneDNN
+    on CPU, and a recompilation under torch.compile). How much it saves is unsettled: 7x on one
+    micro-benchmark of 40 new lengths, 1.0-1.4x in a later one, on shared cores (2026-12-01). In bf16 the
+    padding length moves losses slightly, which is why base-eval scores in fp32 on a CPU."""
     T = max(len(r) for r in rows)
     T = max(T, min(-(-T // PAD_MULTIPLE) * PAD_MULTIPLE, max_len or T))
     x = torch.full((len(rows), T), pad_id, dtype=torch.long)

@@ -136,3 +136,20 @@ def test_two_ranks_score_like_one(trained, english_vs_shuffled, tmp_path, base_d
     strip = [{k: v for k, v in json.loads(x).items() if k != "losses"} for x in records_one]
     assert strip == [{k: v for k, v in json.loads(x).items() if k != "losses"} for x in records_two]
     assert two["val_bpb"] is not None  # sharded over ranks and all-reduced
+
+
+def test_a_partial_rerun_keeps_the_earlier_figures(trained, english_vs_shuffled):
+    """Scoring one more task later adds it to the summary: the earlier tasks, bits per byte and samples stay."""
+    first = base_eval.main(["--run-dir", str(trained), "--tasks", "none", "--tasks-file", str(english_vs_shuffled),
+                            "--sample-tokens", "4"])
+    assert first["val_bpb"] is not None and first["samples"]
+    other = english_vs_shuffled.parent / "again.jsonl"
+    other.write_text(english_vs_shuffled.read_text())
+    second = base_eval.main(["--run-dir", str(trained), "--tasks", "none", "--tasks-file", str(other),
+                             "--eval-tokens", "0", "--sample-tokens", "0"])
+    assert set(second["tasks"]) == {"english", "again"}
+    assert second["val_bpb"] == first["val_bpb"] and second["samples"] == first["samples"]
+    assert second["seconds"] > first["seconds"]
+    third = base_eval.main(["--run-dir", str(trained), "--tasks", "none", "--tasks-file", str(other),
+                            "--eval-tokens", "0", "--sample-tokens", "0", "--max-per-task", "5"])
+    assert set(third["tasks"]) == {"again"}  # another sample size: a fresh summary, nothing mixed in

@@ -21,7 +21,7 @@ import datetime
 import time
 from pathlib import Path
 
-from ..common import UserError, earlier_eval_results, get_base_dir, get_dist_info, is_plain_name, print0, \
+from ..common import UserError, earlier_eval_summary, get_base_dir, get_dist_info, is_plain_name, print0, \
     print_config, write_json_atomic, write_jsonl_atomic
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
@@ -47,7 +47,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="longest prompt in tokens for CORE (-1 = the model's training sequence length)")
     p.add_argument("--sample-tokens", type=int, default=24, help="tokens per sample completion (0 = none)")
     p.add_argument("--device", default="", help="cpu | cuda | mps (default: the best available)")
-    p.add_argument("--dtype", default="", help="compute dtype (default: the device's, see ADR 0013)")
+    p.add_argument("--dtype", default="", help="compute dtype (default: float32 on a CPU, the device's on a GPU)")
     return p
 
 
@@ -129,7 +129,9 @@ def run(args: argparse.Namespace) -> dict:
     dist = get_dist_info()
     try:
         device = device_for_rank(autodetect_device(args.device or None))
-        dtype = compute_dtype(device, args.dtype or None)
+        # fp32 by default on a CPU: in bf16 a row's losses change with how far it is padded (by up to 0.05
+        # nats, enough to flip a near-tie), so the score would depend on the batch layout (ADR 0031)
+        dtype = compute_dtype(device, args.dtype or ("float32" if device == "cpu" else None))
     except (RuntimeError, ValueError) as e:
         raise UserError(str(e)) from None
     init_distributed(device)
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     if tasks or own:
         print0(header)
     work = [(t.name, t.kind, t.shots, t.load, t.source, t.coverage, True, t.chance) for t in tasks] + \
-           [(n, items[0]["kind"], args.shots, (lambda it=items: (it, "")), "tasks file", "own", False, None)
+           [(n, ",".join(sorted({it["kind"] for it in items})), args.shots, (lambda it=items: (it, "")), "tasks file", "own", False, None)
             for n, items in own]
     for name, kind, shots, load, source, coverage, in_core, chance in work:
         if load is None:
@@ -187,10 +189,15 @@ def run(args: argparse.Namespace) -> dict:
                          "shots": shots, "mean_shots": r["mean_shots"], "kind": kind, "source": source,
                          "coverage": coverage, "seconds": seconds, "core": in_core}
     summary_path = run_dir / "eval" / "base_eval.json"
-    earlier = earlier_eval_results(summary_path, str(ck), args.max_per_task, keep=lambda k, v: "core" in v)
-    if earlier:  # a run of other tasks on the same checkpoint adds to the summary instead of replacing it
-        print0(f"kept the results of {', '.join(sorted(set(earlier) - set(results)))} from {summary_path}")
-        results = {**earlier, **results}
+    dtype_name = str(dtype).replace("torch.", "")
+    earlier = earlier_eval_summary(summary_path, checkpoint=str(ck), max_per_task=args.max_per_task,
+                                   max_len=max_len, dtype=dtype_name) or {}
+    kept = {k: v for k, v in earlier.get("tasks", {}).items() if k not in results and isinstance(v, dict) and "core" in v}
+    if kept:  # a run of other tasks under the same conditions adds to the summary instead of replacing it
+        print0(f"kept the results of {', '.join(sorted(kept))} from {summary_path}")
+        results = {**kept, **results}
+    if bpb is None and earlier.get("val_bpb") is not None:  # this run skipped bits per byte: keep the earlier one
+        bpb, bpb_tokens = earlier["val_bpb"], earlier.get("eval_tokens", 0)
     scored = [v["centered"] for v in results.values() if v["core"] and not v.get("missing")]
     core = sum(scored) / len(scored) if scored else None
     if core is not None:
@@ -212,9 +219,10 @@ def run(args: argparse.Namespace) -> dict:
 
     summary = {"stage": "base-eval", "run": run_dir.name, "checkpoint": str(ck), "step": meta.get("step"),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "device": device, "dtype": str(dtype).replace("torch.", ""), "val_bpb": bpb, "eval_tokens": bpb_tokens,
+               "device": device, "dtype": dtype_name, "val_bpb": bpb, "eval_tokens": bpb_tokens,
                "core": core, "core_tasks": len(scored), "core_total": 22, "max_per_task": args.max_per_task,
-               "max_len": max_len, "tasks": results, "samples": samples, "seconds": time.time() - t_start}
+               "max_len": max_len, "tasks": results, "samples": samples or earlier.get("samples", []),
+               "seconds": time.time() - t_start + (earlier.get("seconds", 0.0) if kept else 0.0)}
     if dist.is_master:
         write_json_atomic(summary_path, summary)
         print0(f"wrote {run_dir / 'eval' / 'base_eval.json'} and per-item results in {out_dir}")

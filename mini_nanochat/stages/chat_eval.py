@@ -21,7 +21,6 @@ import argparse
 import datetime
 import math
 import time
-from pathlib import Path
 
 from ..common import UserError, autodetect_device, get_base_dir, get_dist_info, is_plain_name, print0, print_config
 
@@ -120,21 +119,10 @@ def load_items(tasks: list[str], max_per_task: int) -> dict[str, list[dict]]:
     return out
 
 
-def earlier_results(path: Path, checkpoint: str, max_per_task: int) -> dict:
-    """The task entries of an earlier chat_eval.json of the same checkpoint and --max-per-task ({} if none):
-    `--tasks GSM8K` today and `--tasks HumanEval` tomorrow make one summary. A different checkpoint
-    (more training) or sample size starts afresh."""
-    from ..chat_eval import ALL_TASKS
-    from ..common import earlier_eval_results
-
-    return earlier_eval_results(path, checkpoint, max_per_task,
-                                keep=lambda k, v: k in ALL_TASKS and isinstance(v.get("centered"), (int, float)))
-
-
 def run(args: argparse.Namespace) -> dict:
     from ..chat_eval import ALL_TASKS, chatcore, evaluate_task
     from ..checkpoint import CheckpointError, latest_checkpoint, load_model
-    from ..common import write_json_atomic, write_jsonl_atomic
+    from ..common import earlier_eval_summary, write_json_atomic, write_jsonl_atomic
     from ..distributed import destroy, device_for_rank, init_distributed
     from ..engine import Engine
 
@@ -191,9 +179,13 @@ def run(args: argparse.Namespace) -> dict:
                 write_jsonl_atomic(out_dir / "chat" / f"{name}.jsonl", res.records)
         path = out_dir / "chat_eval.json"
         entries = {name: r.summary() for name, r in results.items()}
-        earlier = earlier_results(path, str(meta["checkpoint"]), args.max_per_task)
+        settings = {"max_per_task": int(args.max_per_task), "temperature": args.temperature,
+                    "num_samples": args.num_samples, "max_new_tokens": args.max_new_tokens}
+        old = earlier_eval_summary(path, checkpoint=str(meta["checkpoint"]), **settings) or {}
+        earlier = {k: v for k, v in old.get("tasks", {}).items()
+                   if k in ALL_TASKS and isinstance(v, dict) and isinstance(v.get("centered"), (int, float))}
         kept = sorted(set(earlier) - set(entries))
-        if kept:  # another run of other tasks on the same checkpoint adds to the summary (as base-eval does)
+        if kept:  # another run of other tasks under the same settings adds to the summary (as base-eval does)
             print0(f"kept the results of {', '.join(kept)} from the earlier {path}")
         entries = {name: ({**earlier, **entries})[name] for name in ALL_TASKS if name in entries or name in earlier}
         score = chatcore({name: e["centered"] for name, e in entries.items()})
@@ -201,8 +193,9 @@ def run(args: argparse.Namespace) -> dict:
             "stage": "chat-eval", "run": run_dir.name, "checkpoint": str(meta["checkpoint"]),
             "step": int(meta.get("step", -1)),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device), "max_per_task": int(args.max_per_task),
-            "tasks": entries, "chatcore": score, "seconds": round(time.time() - t0, 3),
+            "device": str(device), **settings,
+            "tasks": entries, "chatcore": score,
+            "seconds": round(time.time() - t0 + (old.get("seconds", 0.0) if kept else 0.0), 3),
         }
         print0(f"ChatCORE {score:.4f} (mean centred accuracy over {len(entries)} task{'s' * (len(entries) > 1)}: "
                f"{', '.join(entries)})")

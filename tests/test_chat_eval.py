@@ -280,7 +280,7 @@ def test_stage_end_to_end(tiny_run):
     on_disk = json.loads(path.read_text())
     assert on_disk == summary
     assert set(on_disk) == {"stage", "run", "checkpoint", "step", "date", "device", "max_per_task", "tasks",
-                            "chatcore", "seconds"}
+                            "chatcore", "seconds", "temperature", "num_samples", "max_new_tokens"}
     assert on_disk["stage"] == "chat-eval" and on_disk["run"] == "ce-tiny" and on_disk["step"] == 2
     assert on_disk["max_per_task"] == 3 and isinstance(on_disk["seconds"], float)
     import datetime

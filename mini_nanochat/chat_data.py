@@ -147,17 +147,19 @@ _HELD_OUT_TEMPLATES = [
 ]
 # operation phrases, per operator
 _PHRASES = {
-    "+": ["{a} + {b}", "{a}+{b}", "{a} plus {b}", "the sum of {a} and {b}", "{a} and {b} added together"],
+    "+": ["{a} + {b}", "{a}+{b}", "{a} plus {b}", "the sum of {a} and {b}", "{a} and {b} added together",
+          "{a} increased by {b}"],
     "-": ["{a} - {b}", "{a}-{b}", "{a} − {b}", "{a} minus {b}", "the difference between {a} and {b}",
-          "{b} subtracted from {a}"],
+          "{b} subtracted from {a}", "{a} take away {b}", "{a} decreased by {b}"],
     "*": ["{a} * {b}", "{a}*{b}", "{a} × {b}", "{a} x {b}", "{a} times {b}", "{a} multiplied by {b}",
-          "the product of {a} and {b}"],
-    "/": ["{a} / {b}", "{a}/{b}", "{a} ÷ {b}", "{a} divided by {b}", "the quotient of {a} and {b}"],
+          "the product of {a} and {b}", "{a} multiplied with {b}"],
+    "/": ["{a} / {b}", "{a}/{b}", "{a} ÷ {b}", "{a} divided by {b}", "the quotient of {a} and {b}",
+          "{a} split into {b} equal parts"],
 }
-_HELD_OUT_PHRASES = {
-    "+": ["{a} increased by {b}"], "-": ["{a} take away {b}", "{a} decreased by {b}"],
-    "*": ["{a} multiplied with {b}"], "/": ["{a} split into {b} equal parts"],
-}
+# No operator phrasing is held out: "take away" or "split into equal parts" cannot be guessed by a model
+# that never saw them (the first SFT runs wrote "*" for every held-out phrasing: 54% correct, 2026-12-01).
+# What is held out is the sentence around them: templates and word-problem stories (below).
+_HELD_OUT_PHRASES: dict[str, list[str]] = {"+": [], "-": [], "*": [], "/": []}
 # whole questions with a verb (no {x})
 _VERB_QUESTIONS = {
     "+": ["Add {a} and {b}.", "add {a} and {b}", "Add {b} to {a}."],
@@ -186,15 +188,15 @@ _WORD = {
           ("{n} puts {a} {i} into bags of {b}. How many bags does {n} fill?", "{n} fills {r} bags."),
           ("A trip of {a} km is split into {b} equal days. How many km a day is that?", "That is {r} km a day.")],
 }
+# held-out stories: new sentences, with the cue words the training stories teach ("more", "left",
+# "in each ... altogether", "shared equally")
 _HELD_OUT_WORD = {
-    "+": [("A train carries {a} passengers and {b} more get on. How many passengers are on the train now?",
-           "There are {r} passengers on the train now.")],
-    "-": [("A tank holds {a} litres of water and {b} litres leak out. How many litres remain?",
-           "{r} litres remain.")],
-    "*": [("A theatre has {a} rows with {b} seats in each row. How many seats are there?",
-           "There are {r} seats.")],
-    "/": [("A rope {a} cm long is cut into {b} equal pieces. How long is each piece?",
-           "Each piece is {r} cm long.")],
+    "+": [("A bus has {a} passengers and {b} more get on. How many passengers are on the bus now?",
+           "There are {r} passengers on the bus now.")],
+    "-": [("A baker made {a} {i} and sold {b}. How many {i} are left?", "The baker has {r} {i} left.")],
+    "*": [("A garden has {a} rows with {b} plants in each row. How many plants are there altogether?",
+           "There are {r} plants altogether.")],
+    "/": [("{a} {i} are shared equally among {b} boxes. How many go in each box?", "Each box gets {r} {i}.")],
 }
 _LEADS = ["Let me calculate that.", "I'll use the calculator.", "Let me work it out.",
           "Let me check with the calculator."]
@@ -255,14 +257,12 @@ def _arithmetic_item(rng: random.Random, split: str = "train") -> dict:
     word_ok = min(a, b) >= 2 and (op != "-" or a >= b)  # no "1 rows"; nothing "left" below zero
     template, phrase, s = None, None, None  # s: the word problem's own answer sentence
     if held:
-        # at least one held-out element: a held-out template, a held-out phrase, or a held-out word problem
-        if style < 0.2 and word_ok:  # the held-out division story (a rope in cm) takes any quotient
+        # a held-out sentence around a trained phrasing, or a held-out story
+        if style < 0.3 and word_ok and (op != "/" or result.endswith(".0")):
             (template, s), kind = rng.choice(_HELD_OUT_WORD[op]), "word"
-        elif style < 0.6:
-            template, kind = rng.choice(_HELD_OUT_TEMPLATES), "template"
-            phrase = rng.choice(_PHRASES[op] + _HELD_OUT_PHRASES[op])
         else:
-            template, phrase, kind = rng.choice(_TEMPLATES), rng.choice(_HELD_OUT_PHRASES[op]), "phrase"
+            template, kind = rng.choice(_HELD_OUT_TEMPLATES), "template"
+            phrase = rng.choice(_PHRASES[op])
     else:
         exact = op != "/" or result.endswith(".0")
         if style < 0.25 and word_ok and exact:
@@ -290,8 +290,9 @@ def _arithmetic_item(rng: random.Random, split: str = "train") -> dict:
 def arithmetic_question(rng: random.Random, held_out: bool = False) -> tuple[str, str, str]:
     """(question, calculator expression, the calculator's result) for a fresh arithmetic question.
 
-    held_out=False never returns a held-out (a, op, b) nor a held-out wording; held_out=True returns only
-    held-out (a, op, b), each in at least one held-out wording (template, phrase or word problem).
+    held_out=False never returns a held-out (a, op, b) nor a held-out sentence; held_out=True returns only
+    held-out (a, op, b), each in a held-out sentence (a template or a word-problem story) around the
+    operation words training uses ("plus", "take away", "shared equally" ...).
 
     >>> q, expr, result = arithmetic_question(random.Random(0))
     >>> calculator(expr) == result

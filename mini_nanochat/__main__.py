@@ -21,6 +21,8 @@ STAGES = {
     "base-eval": ("base_eval", "evaluate a base model: val bits per byte, CORE on the real benchmark items, samples"),
     "chat-eval": ("chat_eval", "evaluate a chat model: ARC, MMLU, GSM8K (with the calculator), HumanEval"),
     "report": ("report", "a markdown report card with plots for a run"),
+    "sft": ("sft", "supervised fine-tuning: a base model becomes a chat model that uses its calculator"),
+    "rl": ("rl", "reinforcement learning on verifiable arithmetic (REINFORCE with group-mean baselines)"),
     "chat": ("chat", "talk to a trained model in the terminal (streaming; -p for one answer)"),
     "speedrun": ("speedrun", "the main job: every stage that exists so far, in order"),
 }

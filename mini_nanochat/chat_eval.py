@@ -480,3 +480,58 @@ def evaluate_task(name: str, model, tok, items: list[dict], engine=None, batch_s
     pass_at = {k: v / max(n, 1) for k, v in zip(ks, totals[3:])} if num_samples > 1 else {}
     return TaskResult(name=name, kind=kind, n=n, accuracy=totals[1] / max(n, 1), chance=totals[2] / max(n, 1),
                       seconds=time.time() - t0, records=records, pass_at=pass_at)
+
+
+# ====================================================================================================
+# Arithmetic with the calculator (Phase 8's target behaviour): fresh questions, greedy replies
+# ====================================================================================================
+
+def parse_tool_reply(reply: str) -> dict:
+    """Split a decoded reply into its calculator call, the tool's output and the final text.
+
+        >>> parse_tool_reply("<|python_start|>2+3<|python_end|><|output_start|>5<|output_end|>It is 5.")
+        {'expression': '2+3', 'output': '5', 'final': 'It is 5.'}
+    """
+    out = {"expression": None, "output": None, "final": reply}
+    m = re.search(r"<\|python_start\|>(.*?)<\|python_end\|>", reply, re.S)
+    if m:
+        out["expression"] = m.group(1)
+        o = re.search(r"<\|output_start\|>(.*?)<\|output_end\|>", reply[m.end():], re.S)
+        if o:
+            out["output"] = o.group(1)
+            out["final"] = reply[m.end() + o.end():]
+        else:
+            out["final"] = ""
+    out["final"] = out["final"].replace("<|assistant_end|>", "").strip()
+    return out
+
+
+def arithmetic_verdict(reply: str, result: str) -> tuple[bool, bool]:
+    """(used the calculator, correct) for one decoded reply to a question whose answer is `result`:
+    correct = a calculator call whose output is the true result, and a final sentence that states it.
+    The reward of the `rl` stage is exactly this."""
+    from .chat_data import check_arithmetic_answer
+
+    parts = parse_tool_reply(reply)
+    used = parts["expression"] is not None
+    correct = bool(used and parts["output"] is not None and parts["output"].strip() == result.strip()
+                   and check_arithmetic_answer(parts["final"], result))
+    return used, correct
+
+
+def score_arithmetic(engine, tok, n: int = 50, seed: int = 12345, max_new_tokens: int = 64) -> dict:
+    """Greedy replies to `n` arithmetic questions from chat_data's held-out set (numbers and wordings
+    never used in training). Correct = the model called the calculator, the tool returned the true
+    result (so the expression was right), and the final sentence states that result."""
+    from .chat_data import arithmetic_question
+
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        question, expression, result = arithmetic_question(rng, held_out=True)
+        [reply], _ = generate_replies(engine, tok, question, max_new_tokens=max_new_tokens, temperature=0.0)
+        used, correct = arithmetic_verdict(reply, result)
+        records.append({"question": question, "expression": expression, "result": result, "reply": reply,
+                        "used_tool": used, "correct": correct})
+    return {"accuracy": sum(r["correct"] for r in records) / n if n else 0.0,
+            "tool_use": sum(r["used_tool"] for r in records) / n if n else 0.0, "n": n, "records": records}

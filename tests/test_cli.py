@@ -26,15 +26,19 @@ def test_speedrun_end_to_end(base_dir, capsys):
     from mini_nanochat.stages import speedrun
     from mini_nanochat.tokenizer import get_tokenizer
 
-    speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2"])
+    speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2", "--sft-iterations", "3",
+                   "--rl-iterations", "2", "--eval-questions", "3"])
     out = capsys.readouterr().out
     assert "bytes per token" in out and "o200k_base" in out and "speedrun done" in out
     assert "done: 3 of 3 steps, val bpb" in out
     assert "CORE " in out and (base_dir / "runs" / "speedrun" / "eval" / "base_eval.json").is_file()
     assert (base_dir / "reports" / "speedrun.md").is_file()
-    speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2"])  # a second run skips every stage
+    speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2", "--sft-iterations", "3",
+                   "--rl-iterations", "2", "--eval-questions", "3"])  # a second run skips every stage
     again = capsys.readouterr().out
     assert "pretraining already done" in again and "base-eval already done" in again
+    assert "sft already done" in again and "rl already done" in again
+    assert (base_dir / "runs" / "speedrun-rl" / "summary.json").is_file()
     tok = get_tokenizer("default")
     assert tok.vocab_size == 4096
     assert (base_dir / "reports" / "tok-eval.md").is_file() and (base_dir / "reports" / "tok-eval.html").is_file()

@@ -153,14 +153,21 @@ def answer(engine, tok, ids: list[int], args, out=None) -> str:
     ended the answer there (ADR 0024) and a notice says so."""
     streamer = Streamer(tok, out)
     stop = engine.stop_ids
+    # a calculator call is shown as [calculator: 123 + 456 = 579]: its markers as brackets, the tool's
+    # answer (forced by the engine, mask 0) after "=", neither kept in the answer's text
+    shown = {tok.special_tokens.get("<|python_start|>"): "[calculator: ", tok.special_tokens.get("<|python_end|>"): " = ",
+             tok.special_tokens.get("<|output_end|>"): "] "}
     for column in engine.generate(ids, num_samples=1, max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_k=args.top_k or None, top_p=args.top_p, seed=args.seed):
         t = column[0]
         if t in stop and engine.last_masks[0][-1] == 1:
             break
-        if engine.last_masks[0][-1] == 0 or t in tok.special_tokens.values():
-            continue  # tool plumbing and special tokens are not shown as text
-        streamer.push(t)
+        if t in shown:
+            streamer._show(shown[t])
+        elif engine.last_masks[0][-1] == 0 and t not in tok.special_tokens.values():
+            streamer._show(tok.decode([t]))  # the tool's output
+        elif t not in tok.special_tokens.values():
+            streamer.push(t)
     text = streamer.finish()
     if engine.last_broken[0]:
         streamer.out.write("[notice: the model's output became NaN/inf (a numerically broken forward pass); "

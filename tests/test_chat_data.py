@@ -6,17 +6,16 @@ loopback HTTP server and fail clearly; and no offline conversation is an evaluat
 control showing the check catches one)."""
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import random
 import re
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from loopback import FaultyServer  # tests/ is on sys.path
 from mini_nanochat import chat_data as cd
 from mini_nanochat.engine import calculator
 
@@ -300,41 +299,6 @@ def test_val_shares_nothing_with_train(mixture, val):
 # the online loaders, against a loopback HTTP server serving tiny files in the real formats
 
 
-class Server:
-    """Serves `files` (name -> bytes); names in `truncate` get their Content-Length but only half the body."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files, self.truncate, self.log = files, set(), []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                outer.log.append(name)
-                if name not in outer.files:
-                    self.send_error(404)
-                    return
-                body = outer.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if name in outer.truncate else body)
-                self.wfile.flush()
-                if name in outer.truncate:
-                    self.connection.close()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def _parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -366,9 +330,8 @@ def online_server():
         "mmlu_aux.parquet": _parquet(pa.table(MMLU_AUX)),
         "gsm8k_train.jsonl": "".join(json.dumps(r) + "\n" for r in GSM8K).encode(),
     }
-    server = Server(files)
-    yield server
-    server.close()
+    with FaultyServer(files) as server:
+        yield server
 
 
 def _sources(server):
@@ -413,11 +376,11 @@ def test_online_mixture_failures_are_clear(tmp_path, online_server):
     with pytest.raises(cd.ChatDataError, match=r"online mixture, smoltalk: .*missing\.parquet: HTTP 404"):
         cd.online_mixture(tmp_path / "a", sources={**srcs, "smoltalk": [f"{online_server.url}/missing.parquet"]},
                           retries=0)
-    online_server.truncate.add("gsm8k_train.jsonl")  # the connection drops halfway, every time
+    online_server.faults["gsm8k_train.jsonl"] = ["drop", "drop"]  # the connection drops partway, both attempts
     with pytest.raises(cd.ChatDataError, match=r"online mixture, gsm8k: giving up on .*gsm8k_train\.jsonl after 2 "
                                                r"attempts; last error: connection closed after \d+ of \d+ bytes"):
         cd.online_mixture(tmp_path / "b", sources=srcs, retries=1, backoff=0.01)
-    online_server.truncate.clear()  # a file cut short at its source: complete download, invalid last line
+    online_server.faults.clear()  # a file cut short at its source: complete download, invalid last line
     online_server.files["gsm8k_train.jsonl"] = online_server.files["gsm8k_train.jsonl"][:-40]
     with pytest.raises(cd.ChatDataError, match=r"gsm8k: .*failed verification \(corrupt\)"):
         cd.online_mixture(tmp_path / "c", sources=srcs, retries=0)

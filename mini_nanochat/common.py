@@ -50,6 +50,12 @@ class UserError(SystemExit):
         return self.message
 
 
+def require(ok: bool, message: str) -> None:
+    """Refuse a user's mistake: raise UserError(message) unless `ok` (flag checks read as a list of rules)."""
+    if not ok:
+        raise UserError(message)
+
+
 PLAIN_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}"  # a name that becomes one directory: no '/', no '..'
 
 

@@ -55,6 +55,23 @@ def init_distributed(device: str, timeout_s: float = 300.0) -> DistInfo:
     return info
 
 
+def start(device: str = "", dtype: str = "", timeout_s: float = 300.0, cpu_dtype: str | None = None):
+    """Every stage's first step: this rank's device (autodetected unless `device`; under torchrun each rank
+    its own GPU), the compute dtype (`dtype`, else `cpu_dtype` on a CPU if given, else the device's), the
+    process group joined, and the device set up (TF32 on CUDA). Returns (device, dtype). Raises ValueError
+    for a device or dtype that does not exist here (the stage turns it into one line for the user)."""
+    from .common import autodetect_device, compute_dtype, setup_device
+
+    try:
+        dev = device_for_rank(autodetect_device(device or None))
+        dt = compute_dtype(dev, dtype or (cpu_dtype if dev == "cpu" else None))
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    init_distributed(dev, timeout_s)
+    setup_device(dev)
+    return dev, dt
+
+
 def device_for_rank(device: str) -> str:
     """Each rank on its own GPU: "cuda" becomes "cuda:LOCAL_RANK" under torchrun; other devices unchanged."""
     info = get_dist_info()

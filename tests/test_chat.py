@@ -168,3 +168,33 @@ def test_interactive_commands(trained, base_dir):
         assert expected in r.stdout
     # a bad value does not end the session: the chat after it and the commands after that still ran
     assert r.stdout.index("[/topk must be") < r.stdout.index("[conversation cleared]")
+
+
+def test_a_calculator_call_is_shown_but_not_kept_in_the_answer(base_dir):
+    """The terminal shows [calculator: expr = result]; the answer's text (which goes back into the
+    conversation) is only what the assistant said around it."""
+    import types
+
+    from mini_nanochat.stages.chat import answer
+    from mini_nanochat.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["What is 123 + 456? 123 plus 456 equals 579."] * 20, 300)
+    sp = tok.encode_special
+    script = ([(sp("python_start"), 1)] + [(t, 1) for t in tok.encode("123 + 456")] + [(sp("python_end"), 1)]
+              + [(sp("output_start"), 0)] + [(t, 0) for t in tok.encode("579")] + [(sp("output_end"), 0)]
+              + [(t, 1) for t in tok.encode("It is 579.")] + [(sp("assistant_end"), 1)])
+
+    class Scripted:
+        stop_ids = {sp("assistant_end"), tok.bos_id}
+
+        def generate(self, ids, **kw):
+            self.last_masks, self.last_broken = [[]], [False]
+            for t, m in script:
+                self.last_masks[0].append(m)
+                yield [t]
+
+    out = io.StringIO()
+    args = types.SimpleNamespace(max_tokens=64, temperature=0.0, top_k=0, top_p=None, seed=0)
+    text = answer(Scripted(), tok, [tok.bos_id], args, out)
+    assert out.getvalue() == "[calculator: 123 + 456 = 579] It is 579.\n"
+    assert text == "It is 579."

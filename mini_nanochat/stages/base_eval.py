@@ -108,9 +108,8 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from ..checkpoint import CheckpointError, load_model
-    from ..common import autodetect_device, compute_dtype, setup_device
     from ..core_eval import centred, evaluate_task
-    from ..distributed import destroy, device_for_rank, init_distributed
+    from ..distributed import destroy, start
     from ..tasks import TaskDataError
     from ..tasks import jsonl as tasks_jsonl
 
@@ -128,14 +127,11 @@ def run(args: argparse.Namespace) -> dict:
                         "(a --tasks-file is named after its file)")
     dist = get_dist_info()
     try:
-        device = device_for_rank(autodetect_device(args.device or None))
         # fp32 by default on a CPU: in bf16 a row's losses change with how far it is padded (by up to 0.05
         # nats, enough to flip a near-tie), so the score would depend on the batch layout (ADR 0031)
-        dtype = compute_dtype(device, args.dtype or ("float32" if device == "cpu" else None))
-    except (RuntimeError, ValueError) as e:
+        device, dtype = start(args.device, args.dtype, cpu_dtype="float32")
+    except ValueError as e:
         raise UserError(str(e)) from None
-    init_distributed(device)
-    setup_device(device)
     source = Path(args.run_dir) if args.run_dir else get_base_dir() / "runs" / args.model_tag
     try:
         model, tok, meta = load_model(source, device, dtype)

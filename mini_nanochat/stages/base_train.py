@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError, latest_checkpoint
-from ..common import (UserError, autodetect_device, is_plain_name, compute_dtype, get_base_dir, get_dist_info, peak_flops, print0,
-                      print_config, seed_everything, setup_device, synchronize, write_json_atomic,
-                      write_text_atomic)
+from ..common import (UserError, autodetect_device, compute_dtype, get_base_dir, get_dist_info, is_plain_name,
+                      peak_flops, print0, print_config, require, seed_everything, setup_device, synchronize,
+                      write_json_atomic, write_text_atomic)
 
 SAMPLE_PROMPTS = ["The Congress shall", "Fellow-Citizens of the Senate and House of Representatives:",
                   "To be, or not to be,", "The state of the Union is"]
@@ -135,35 +135,31 @@ def validate(cfg: TrainConfig) -> None:
     """Every flag checked before anything is built or written: a mistake is one line (UserError, exit 2)."""
     import math as _math
 
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
-    need(1 <= cfg.depth <= 256, f"--depth must be between 1 and 256, got {cfg.depth}")
-    need(2 <= cfg.max_seq_len <= 2**20, f"--max-seq-len must be between 2 and {2**20:,}, got {cfg.max_seq_len}")
-    need(1 <= cfg.device_batch_size <= 2**20,
+    require(1 <= cfg.depth <= 256, f"--depth must be between 1 and 256, got {cfg.depth}")
+    require(2 <= cfg.max_seq_len <= 2**20, f"--max-seq-len must be between 2 and {2**20:,}, got {cfg.max_seq_len}")
+    require(1 <= cfg.device_batch_size <= 2**20,
          f"--device-batch-size must be between 1 and {2**20:,}, got {cfg.device_batch_size}")
-    need(cfg.total_batch_size == -1 or cfg.total_batch_size >= 1,
+    require(cfg.total_batch_size == -1 or cfg.total_batch_size >= 1,
          f"--total-batch-size must be positive (or -1: one micro-batch per rank), got {cfg.total_batch_size}")
-    need(cfg.num_iterations == -1 or cfg.num_iterations >= 1,
+    require(cfg.num_iterations == -1 or cfg.num_iterations >= 1,
          f"--num-iterations must be at least 1 (or -1: from the horizon rules), got {cfg.num_iterations}")
-    need(cfg.target_flops == -1 or (cfg.target_flops > 0 and _math.isfinite(cfg.target_flops)),
+    require(cfg.target_flops == -1 or (cfg.target_flops > 0 and _math.isfinite(cfg.target_flops)),
          f"--target-flops must be positive (or -1), got {cfg.target_flops}")
-    need(cfg.target_param_data_ratio > 0 and _math.isfinite(cfg.target_param_data_ratio),
+    require(cfg.target_param_data_ratio > 0 and _math.isfinite(cfg.target_param_data_ratio),
          f"--target-param-data-ratio must be positive, got {cfg.target_param_data_ratio}")
     for flag in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "weight_decay"):
         v = getattr(cfg, flag)
-        need(_math.isfinite(v) and v >= 0, f"--{flag.replace('_', '-')} must be a finite number >= 0, got {v}")
-    need(cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}")
-    need(0 <= cfg.warmdown_ratio <= 1, f"--warmdown-ratio must be between 0 and 1, got {cfg.warmdown_ratio}")
-    need(0 <= cfg.final_lr_frac <= 1, f"--final-lr-frac must be between 0 and 1, got {cfg.final_lr_frac}")
+        require(_math.isfinite(v) and v >= 0, f"--{flag.replace('_', '-')} must be a finite number >= 0, got {v}")
+    require(cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}")
+    require(0 <= cfg.warmdown_ratio <= 1, f"--warmdown-ratio must be between 0 and 1, got {cfg.warmdown_ratio}")
+    require(0 <= cfg.final_lr_frac <= 1, f"--final-lr-frac must be between 0 and 1, got {cfg.final_lr_frac}")
     for flag in ("eval_every", "sample_every", "save_every"):
-        need(getattr(cfg, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0 (0: at the end only), got {getattr(cfg, flag)}")
-    need(cfg.eval_tokens >= 1, f"--eval-tokens must be at least 1 (capped near the val split's size), got {cfg.eval_tokens}")
-    need(cfg.keep_last >= 1, f"--keep-last must be at least 1, got {cfg.keep_last}")
-    need(cfg.stop_at == -1 or cfg.stop_at >= 1, f"--stop-at must be at least 1 (or -1), got {cfg.stop_at}")
-    need(cfg.dist_timeout > 0 and _math.isfinite(cfg.dist_timeout), f"--dist-timeout must be positive, got {cfg.dist_timeout}")
-    need(not cfg.model_tag or is_plain_name(cfg.model_tag),
+        require(getattr(cfg, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0 (0: at the end only), got {getattr(cfg, flag)}")
+    require(cfg.eval_tokens >= 1, f"--eval-tokens must be at least 1 (capped near the val split's size), got {cfg.eval_tokens}")
+    require(cfg.keep_last >= 1, f"--keep-last must be at least 1, got {cfg.keep_last}")
+    require(cfg.stop_at == -1 or cfg.stop_at >= 1, f"--stop-at must be at least 1 (or -1), got {cfg.stop_at}")
+    require(cfg.dist_timeout > 0 and _math.isfinite(cfg.dist_timeout), f"--dist-timeout must be positive, got {cfg.dist_timeout}")
+    require(not cfg.model_tag or is_plain_name(cfg.model_tag),
          f"--model-tag {cfg.model_tag!r:.60} is not a plain name (letters, digits, '.', '_', '-'; no '/' or '..'); "
          f"use --run-dir for a path")
 

@@ -157,6 +157,7 @@ def answer(engine, tok, ids: list[int], args, out=None) -> str:
     # answer (forced by the engine, mask 0) after "=", neither kept in the answer's text
     shown = {tok.special_tokens.get("<|python_start|>"): "[calculator: ", tok.special_tokens.get("<|python_end|>"): " = ",
              tok.special_tokens.get("<|output_end|>"): "] "}
+    in_call = False
     for column in engine.generate(ids, num_samples=1, max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_k=args.top_k or None, top_p=args.top_p, seed=args.seed):
         t = column[0]
@@ -164,9 +165,12 @@ def answer(engine, tok, ids: list[int], args, out=None) -> str:
             break
         if t in shown:
             streamer._show(shown[t])
-        elif engine.last_masks[0][-1] == 0 and t not in tok.special_tokens.values():
-            streamer._show(tok.decode([t]))  # the tool's output
-        elif t not in tok.special_tokens.values():
+            in_call = t == tok.special_tokens.get("<|python_start|>")
+        elif t in tok.special_tokens.values():
+            continue
+        elif in_call or engine.last_masks[0][-1] == 0:
+            streamer._show(tok.decode([t]))  # the call and the tool's output: shown, not kept in the text
+        else:
             streamer.push(t)
     text = streamer.finish()
     if engine.last_broken[0]:

@@ -27,7 +27,8 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
-from ..common import UserError, get_base_dir, get_dist_info, is_plain_name, print0, print_config, write_json_atomic
+from ..common import (UserError, get_base_dir, get_dist_info, is_plain_name, print0, print_config, require,
+                      write_json_atomic)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class RLConfig:
     samples: int = 4              # k replies per question
     temperature: float = 1.0
     top_k: int = 50
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64      # as score_arithmetic's (held-out replies are at most ~49 tokens)
     lr_scale: float = 0.1         # x the default learning rates (a policy-gradient step is noisy)
     save_every: int = 20
     eval_questions: int = 50
@@ -75,20 +76,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def validate(cfg: RLConfig) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
     for flag, tag in (("--model-tag", cfg.model_tag), ("--source-tag", cfg.source_tag), ("--output-tag", cfg.output_tag)):
-        need(not tag or is_plain_name(tag), f"{flag} must be a plain name, got {tag!r}")
-    need(cfg.num_iterations >= 1, f"--num-iterations must be at least 1, got {cfg.num_iterations}")
-    need(cfg.prompts_per_step >= 1, f"--prompts-per-step must be at least 1, got {cfg.prompts_per_step}")
-    need(2 <= cfg.samples <= 64, f"--samples must be in 2..64 (a group needs at least 2), got {cfg.samples}")
-    need(0 < cfg.temperature <= 2, f"--temperature must be in (0, 2] (RL needs varied samples), got {cfg.temperature}")
-    need(cfg.top_k >= 0, f"--top-k must be >= 0, got {cfg.top_k}")
-    need(1 <= cfg.max_new_tokens <= 1024, f"--max-new-tokens must be in 1..1024, got {cfg.max_new_tokens}")
-    need(0 < cfg.lr_scale <= 10, f"--lr-scale must be in (0, 10], got {cfg.lr_scale}")
-    need(cfg.save_every >= 0 and cfg.eval_questions >= 0, "--save-every and --eval-questions must be >= 0")
+        require(not tag or is_plain_name(tag), f"{flag} must be a plain name, got {tag!r}")
+    require(cfg.num_iterations >= 1, f"--num-iterations must be at least 1, got {cfg.num_iterations}")
+    require(cfg.prompts_per_step >= 1, f"--prompts-per-step must be at least 1, got {cfg.prompts_per_step}")
+    require(2 <= cfg.samples <= 64, f"--samples must be in 2..64 (a group needs at least 2), got {cfg.samples}")
+    require(0 < cfg.temperature <= 2, f"--temperature must be in (0, 2] (RL needs varied samples), got {cfg.temperature}")
+    require(cfg.top_k >= 0, f"--top-k must be >= 0, got {cfg.top_k}")
+    require(1 <= cfg.max_new_tokens <= 1024, f"--max-new-tokens must be in 1..1024, got {cfg.max_new_tokens}")
+    require(0 < cfg.lr_scale <= 10, f"--lr-scale must be in (0, 10], got {cfg.lr_scale}")
+    require(cfg.save_every >= 0 and cfg.eval_questions >= 0, "--save-every and --eval-questions must be >= 0")
 
 
 class QuestionStream:
@@ -169,8 +166,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from ..chat_eval import arithmetic_verdict
     from ..checkpoint import CheckpointError, load_model
-    from ..common import autodetect_device, compute_dtype, setup_device
-    from ..distributed import GradSync, all_reduce, broadcast_parameters, destroy, device_for_rank, init_distributed
+    from ..distributed import GradSync, all_reduce, broadcast_parameters, destroy, start
     from ..engine import Engine
     from ..optim import MuonAdamW, build_param_groups
     from ..training import TrainingError, apply_schedule, save_training_checkpoint, start_or_resume
@@ -179,12 +175,9 @@ def run(args: argparse.Namespace) -> dict:
     validate(cfg)
     dist = get_dist_info()
     try:
-        device = device_for_rank(autodetect_device(cfg.device or None))
-        dtype = compute_dtype(device, cfg.dtype or None)
-    except (RuntimeError, ValueError) as e:
+        device, dtype = start(cfg.device, cfg.dtype)
+    except ValueError as e:
         raise UserError(str(e)) from None
-    init_distributed(device)
-    setup_device(device)
     source = get_base_dir() / "runs" / (cfg.source_tag or f"{cfg.model_tag}-sft")
     try:
         model, tok, src_meta = load_model(source, device, dtype)

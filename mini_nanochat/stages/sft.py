@@ -23,7 +23,8 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
-from ..common import UserError, get_base_dir, get_dist_info, is_plain_name, print0, print_config, write_json_atomic
+from ..common import (UserError, get_base_dir, get_dist_info, is_plain_name, print0, print_config, require,
+                      write_json_atomic)
 
 
 @dataclass
@@ -73,19 +74,15 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def validate(cfg: SFTConfig) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UserError(message)
-
-    need(is_plain_name(cfg.model_tag), f"--model-tag must be a plain name, got {cfg.model_tag!r}")
-    need(not cfg.output_tag or is_plain_name(cfg.output_tag), f"--output-tag must be a plain name, got {cfg.output_tag!r}")
-    need(cfg.num_iterations >= 1, f"--num-iterations must be at least 1, got {cfg.num_iterations}")
-    need(cfg.device_batch_size >= 1, f"--device-batch-size must be at least 1, got {cfg.device_batch_size}")
-    need(0 < cfg.lr_scale <= 10, f"--lr-scale must be in (0, 10], got {cfg.lr_scale}")
-    need(cfg.warmup_steps >= 0 and 0 <= cfg.warmdown_ratio <= 1, "--warmup-steps >= 0 and --warmdown-ratio in [0, 1]")
-    need(cfg.eval_every >= 0 and cfg.save_every >= 0, "--eval-every and --save-every must be >= 0")
-    need(cfg.mixture_size >= 10, f"--mixture-size must be at least 10, got {cfg.mixture_size}")
-    need(0 <= cfg.eval_questions <= 10_000, f"--eval-questions must be in 0..10000, got {cfg.eval_questions}")
+    require(is_plain_name(cfg.model_tag), f"--model-tag must be a plain name, got {cfg.model_tag!r}")
+    require(not cfg.output_tag or is_plain_name(cfg.output_tag), f"--output-tag must be a plain name, got {cfg.output_tag!r}")
+    require(cfg.num_iterations >= 1, f"--num-iterations must be at least 1, got {cfg.num_iterations}")
+    require(cfg.device_batch_size >= 1, f"--device-batch-size must be at least 1, got {cfg.device_batch_size}")
+    require(0 < cfg.lr_scale <= 10, f"--lr-scale must be in (0, 10], got {cfg.lr_scale}")
+    require(cfg.warmup_steps >= 0 and 0 <= cfg.warmdown_ratio <= 1, "--warmup-steps >= 0 and --warmdown-ratio in [0, 1]")
+    require(cfg.eval_every >= 0 and cfg.save_every >= 0, "--eval-every and --save-every must be >= 0")
+    require(cfg.mixture_size >= 10, f"--mixture-size must be at least 10, got {cfg.mixture_size}")
+    require(0 <= cfg.eval_questions <= 10_000, f"--eval-questions must be in 0..10000, got {cfg.eval_questions}")
 
 
 def mixture(cfg: SFTConfig) -> tuple[list[dict], list[dict]]:
@@ -109,9 +106,8 @@ def run(args: argparse.Namespace) -> dict:
 
     from ..chat_eval import score_arithmetic
     from ..checkpoint import CheckpointError, load_model
-    from ..common import autodetect_device, compute_dtype, setup_device
     from ..dataloader import ConversationLoader
-    from ..distributed import GradSync, broadcast_parameters, destroy, device_for_rank, init_distributed
+    from ..distributed import GradSync, broadcast_parameters, destroy, start
     from ..engine import Engine
     from ..loss_eval import evaluate_loss
     from ..optim import MuonAdamW, build_param_groups
@@ -122,12 +118,9 @@ def run(args: argparse.Namespace) -> dict:
     validate(cfg)
     dist = get_dist_info()
     try:
-        device = device_for_rank(autodetect_device(cfg.device or None))
-        dtype = compute_dtype(device, cfg.dtype or None)
-    except (RuntimeError, ValueError) as e:
+        device, dtype = start(cfg.device, cfg.dtype)
+    except ValueError as e:
         raise UserError(str(e)) from None
-    init_distributed(device)
-    setup_device(device)
     torch.manual_seed(cfg.seed)
     base_dir = get_base_dir() / "runs" / cfg.model_tag
     try:

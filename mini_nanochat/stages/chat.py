@@ -2,7 +2,8 @@
 Stage `chat`: talk to a trained model in the terminal, streaming its answer token by token.
 
     python -m mini_nanochat chat                           # the speedrun's model, interactive
-    python -m mini_nanochat chat -p "The Congress shall"   # one answer, then exit
+    python -m mini_nanochat chat -p "What is 123 + 456?"   # one answer, then exit (the speedrun's chat model)
+    python -m mini_nanochat chat --stage base -p "The Congress shall"   # the pretrained model continues text
     python -m mini_nanochat chat --model-tag d4 --temperature 0.8 --top-k 50
 
 Commands in the interactive loop: /clear (forget the conversation), /temperature X, /topk K, /help, /quit.

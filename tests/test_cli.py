@@ -1,6 +1,7 @@
 """The command line: the stage list, every stage's --help, and the speedrun end to end (in process)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -33,6 +34,10 @@ def test_speedrun_end_to_end(base_dir, capsys):
     assert "done: 3 of 3 steps, val bpb" in out
     assert "CORE " in out and (base_dir / "runs" / "speedrun" / "eval" / "base_eval.json").is_file()
     assert (base_dir / "reports" / "speedrun.md").is_file()
+    times = json.loads((base_dir / "runs" / "speedrun" / "speedrun_times.json").read_text())
+    assert list(times["stages_seconds"]) == ["data", "tok-train", "tok-eval", "base-train", "base-eval", "sft", "rl",
+                                             "report"] and times["total_seconds"] > 0
+    assert 'chat -p "What is 123 + 456?"' in out
     speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2", "--sft-iterations", "3",
                    "--rl-iterations", "2", "--eval-questions", "3"])  # a second run skips every stage
     again = capsys.readouterr().out

@@ -16,7 +16,7 @@ import time
 import json
 
 from ..checkpoint import latest_checkpoint
-from ..common import get_base_dir, print0
+from ..common import get_base_dir, get_dist_info, print0, write_json_atomic
 from . import base_eval, base_train, data, report, rl, sft, tok_eval, tok_train
 
 
@@ -121,10 +121,21 @@ def run(args: argparse.Namespace) -> None:
         ("rl", lambda: _rl(args)),
         ("report", lambda: report.main(["--model-tag", args.model_tag])),
     ]
+    times = {}
     for i, (name, fn) in enumerate(steps, 1):
         print0(f"\n[{i}/{len(steps)}] {name}")
+        t = time.time()
         fn()
-    print0(f"\nspeedrun done in {time.time() - t0:.1f}s")
+        times[name] = time.time() - t
+    total = time.time() - t0
+    print0(f"\nspeedrun done in {total:.1f}s  (" + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) + ")")
+    if get_dist_info().is_master:
+        write_json_atomic(get_base_dir() / "runs" / args.model_tag / "speedrun_times.json",
+                          {"stages_seconds": times, "total_seconds": total})
+    if args.sft_iterations > 0:
+        print0('talk to the chat model:  python -m mini_nanochat chat -p "What is 123 + 456?"   (or `chat` for a '
+               'conversation; `--stage base` for the pretrained model)')
+    print0(f"the report card:         {get_base_dir() / 'reports' / (args.model_tag + '.md')}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -535,3 +535,29 @@ def score_arithmetic(engine, tok, n: int = 50, seed: int = 12345, max_new_tokens
                         "used_tool": used, "correct": correct})
     return {"accuracy": sum(r["correct"] for r in records) / n if n else 0.0,
             "tool_use": sum(r["used_tool"] for r in records) / n if n else 0.0, "n": n, "records": records}
+
+
+MULTI_TURN = ["Hi!", "What is 17 + 25?", "Who made you?", "Thanks, bye."]
+
+
+def score_multiturn(engine, tok, turns: list[str] = MULTI_TURN, max_new_tokens: int = 80) -> dict:
+    """One conversation, turn by turn, greedy: does every reply end with the assistant's end token (the
+    model hands the turn back) rather than running to the token limit? Replies go back into the
+    conversation as the model wrote them (a calculator call as its parts)."""
+    messages, replies, stops = [], [], 0
+    for text in turns:
+        messages.append({"role": "user", "content": text})
+        ids = tok.render_for_completion(messages)
+        for _ in engine.generate(ids, max_tokens=max_new_tokens, temperature=0.0):
+            pass
+        toks = engine.last_tokens[0]
+        stopped = bool(toks) and toks[-1] in engine.stop_ids
+        stops += stopped
+        reply = tok.decode([t for t in toks if t not in engine.stop_ids])
+        parts = parse_tool_reply(reply)
+        content = reply if parts["expression"] is None else [
+            {"type": "python", "text": parts["expression"]}, {"type": "python_output", "text": parts["output"] or ""},
+            {"type": "text", "text": parts["final"]}]
+        messages.append({"role": "assistant", "content": content})
+        replies.append({"user": text, "reply": reply, "stopped": stopped})
+    return {"stopped": stops, "turns": len(turns), "replies": replies}

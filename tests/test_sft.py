@@ -164,6 +164,7 @@ def test_sft_teaches_a_tiny_model_the_calculator_format(tiny_base):
     s = sft.main([*SFT_ARGS, "--num-iterations", "150", "--save-every", "0", "--eval-questions", "20",
                   "--lr-scale", "2"])
     assert s["arithmetic"]["tool_use"] >= 0.8, s
+    assert s["multi_turn"]["turns"] == 4 and 0 <= s["multi_turn"]["stopped"] <= 4
     meta = read_meta(latest_checkpoint(tiny_base.parent / "sft-tiny-sft"))
     assert meta["sft"] is True and meta["kind"] == "sft" and "sft-tiny" in meta["parent"]
 

@@ -104,7 +104,7 @@ def mixture(cfg: SFTConfig) -> tuple[list[dict], list[dict]]:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from ..chat_eval import score_arithmetic
+    from ..chat_eval import score_arithmetic, score_multiturn
     from ..checkpoint import CheckpointError, load_model
     from ..dataloader import ConversationLoader
     from ..distributed import GradSync, broadcast_parameters, destroy, start
@@ -214,6 +214,10 @@ def run(args: argparse.Namespace) -> dict:
                f"({arith['tool_use']:.0%} used the calculator)")
         for r in arith["records"][:3]:
             print0(f"  {r['question']} >>> {r['reply']!r}")
+        multi = score_multiturn(Engine(model, tok), tok)
+        summary["multi_turn"] = {"stopped": multi["stopped"], "turns": multi["turns"]}
+        print0(f"a {multi['turns']}-turn conversation: {multi['stopped']} of {multi['turns']} replies ended with "
+               f"<|assistant_end|>; \"Who made you?\" >>> {multi['replies'][2]['reply']!r}")
     if dist.is_master:
         write_json_atomic(run_dir / "summary.json", summary)
         print0(f"done: {step} steps, val loss {val_loss:.4f}, {seconds:.0f}s; chat with: "

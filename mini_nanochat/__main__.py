@@ -23,6 +23,7 @@ STAGES = {
     "report": ("report", "a markdown report card with plots for a run"),
     "sft": ("sft", "supervised fine-tuning: a base model becomes a chat model that uses its calculator"),
     "rl": ("rl", "reinforcement learning on verifiable arithmetic (REINFORCE with group-mean baselines)"),
+    "serve": ("serve", "serve a model: OpenAI-compatible API and a web chat"),
     "chat": ("chat", "talk to a trained model in the terminal (streaming; -p for one answer)"),
     "speedrun": ("speedrun", "the main job: every stage that exists so far, in order"),
 }

@@ -550,16 +550,23 @@ def create_app(engines: list, tokenizer, model_id: str = "mini-nanochat", chat: 
             raise APIError(503, "the server is busy (its queue is full); retry shortly", None, "server_busy",
                            "server_error", {"Retry-After": str(cfg.retry_after_s)}) from None
 
-    async def events(job: Job, request: Request):
-        """The job's events as they come; cancels the job when the client disconnects or the consumer
-        stops early (a closed stream)."""
+    async def events(job: Job, request: Request, poll: bool):
+        """The job's events as they come; the job is cancelled when the consumer stops early. With `poll`
+        (a whole answer, no stream), the client's connection is checked every 0.25 s and a client that
+        went away cancels the job; a stream needs no polling: Starlette cancels a streaming response
+        whose client disconnects, which closes this generator."""
+        last = time.monotonic()
         try:
             while True:
                 try:
                     event = await asyncio.wait_for(job.events.get(), timeout=0.25)
                 except asyncio.TimeoutError:
+                    event = None
+                if poll and time.monotonic() - last >= 0.25:
+                    last = time.monotonic()
                     if await request.is_disconnected():
                         return
+                if event is None:
                     continue
                 if event[0] == "end":
                     return
@@ -580,7 +587,7 @@ def create_app(engines: list, tokenizer, model_id: str = "mini-nanochat", chat: 
 
         if not req.stream:
             texts, reasons, counts, lps = [""] * n, [None] * n, [0] * n, [None] * n
-            async for ev in events(job, request):
+            async for ev in events(job, request, poll=True):
                 if ev[0] == "logprobs":
                     lps[ev[1]] = format_logprobs(tok, ev[2], kind)
                 elif ev[0] == "delta":
@@ -618,7 +625,7 @@ def create_app(engines: list, tokenizer, model_id: str = "mini-nanochat", chat: 
             if kind == "chat":
                 for i in range(n):
                     yield chunk(i, None, None, first=True)
-            async for ev in events(job, request):
+            async for ev in events(job, request, poll=False):
                 if ev[0] == "delta":
                     yield chunk(ev[1], ev[2], None)
                 elif ev[0] == "finish":

@@ -370,6 +370,21 @@ def test_disconnect_stops_generation(runs):
             assert s["tokens_served"] < 30
 
 
+def test_disconnect_stops_a_whole_answer_too(runs):
+    """Without streaming: a client that gives up (a read timeout closes its connection) cancels the job."""
+    app = make_app(runs[1], token_delay_s=0.1)
+    with LiveServer(app) as srv:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/chat/completions", json=ask(max_tokens=40, seed=0), timeout=0.5)
+        deadline = time.time() + 2.5
+        while time.time() < deadline:
+            s = httpx.get(srv.url + "/stats").json()
+            if s["requests_cancelled"] == 1 and s["busy_workers"] == 0:
+                break
+            time.sleep(0.05)
+        assert s["requests_cancelled"] == 1 and s["busy_workers"] == 0 and s["tokens_served"] < 30, s
+
+
 def test_load_32_streaming_clients(runs):
     """32 concurrent streaming clients on loopback (one worker, queue of 32): every stream completes."""
     app = make_app(runs[1], queue_size=32)

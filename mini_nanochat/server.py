@@ -40,7 +40,7 @@ from typing import Literal, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -430,6 +430,16 @@ def create_app(engines: list, tokenizer, model_id: str = "mini-nanochat", chat: 
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):  # never a traceback to the client
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        """The web chat: one static page (mini_nanochat/static/index.html) that talks to the API above."""
+        from pathlib import Path
+
+        page = Path(__file__).parent / "static" / "index.html"
+        if not page.is_file():
+            return JSONResponse(error_body("the web chat page is not installed", "not_found_error"), status_code=404)
+        return HTMLResponse(page.read_text(encoding="utf-8"))
 
     @app.get("/health")
     async def health():

@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> None:
     if args.sft_iterations > 0:
         print0('talk to the chat model:  python -m mini_nanochat chat -p "What is 123 + 456?"   (or `chat` for a '
                'conversation; `--stage base` for the pretrained model)')
+        print0("serve it (OpenAI API + web chat):  python -m mini_nanochat serve   then open http://127.0.0.1:8000")
     print0(f"the report card:         {get_base_dir() / 'reports' / (args.model_tag + '.md')}")
 
 

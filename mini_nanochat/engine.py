@@ -55,6 +55,16 @@ _FUNCS = {"len": len, "abs": abs, "round": round, "min": min, "max": max}
 _ARITH_ERRORS = (ZeroDivisionError, OverflowError, TypeError, ValueError, IndexError)
 
 
+# How a calculator call reads to a person (terminal chat, the server's replies, the web page):
+#   <|python_start|>123 + 456<|python_end|><|output_start|>579<|output_end|>  ->  [calculator: 123 + 456 = 579]
+TOOL_DISPLAY = {"<|python_start|>": "[calculator: ", "<|python_end|>": " = ", "<|output_end|>": "] "}
+
+
+def tool_display(tok) -> dict[int, str]:
+    """{special token id: the text shown in its place} for a tokenizer's tool-call markers."""
+    return {tok.special_tokens[k]: v for k, v in TOOL_DISPLAY.items() if k in tok.special_tokens}
+
+
 class CalculatorError(Exception):
     """The expression is not allowed or cannot be computed; the message says why."""
 

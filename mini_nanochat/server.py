@@ -137,11 +137,10 @@ class TextRenderer:
 
     def __init__(self, tok):
         self.tok = tok
-        sp = tok.special_tokens
-        self.shown = {sp.get("<|python_start|>"): "[calculator: ", sp.get("<|python_end|>"): " = ",
-                      sp.get("<|output_end|>"): "] "}
-        self.shown.pop(None, None)
-        self.special = set(sp.values())
+        from .engine import tool_display
+
+        self.shown = tool_display(tok)
+        self.special = set(tok.special_tokens.values())
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token: int) -> str:

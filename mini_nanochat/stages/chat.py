@@ -156,8 +156,9 @@ def answer(engine, tok, ids: list[int], args, out=None) -> str:
     stop = engine.stop_ids
     # a calculator call is shown as [calculator: 123 + 456 = 579]: its markers as brackets, the tool's
     # answer (forced by the engine, mask 0) after "=", neither kept in the answer's text
-    shown = {tok.special_tokens.get("<|python_start|>"): "[calculator: ", tok.special_tokens.get("<|python_end|>"): " = ",
-             tok.special_tokens.get("<|output_end|>"): "] "}
+    from ..engine import tool_display
+
+    shown = tool_display(tok)
     in_call = False
     for column in engine.generate(ids, num_samples=1, max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_k=args.top_k or None, top_p=args.top_p, seed=args.seed):

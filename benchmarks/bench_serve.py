@@ -23,10 +23,8 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
-import threading
 import time
 
 import httpx
@@ -58,31 +56,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
 
 
-class LiveServer:
-    """uvicorn in a daemon thread on a free 127.0.0.1 port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
+from mini_nanochat.server import BackgroundServer as LiveServer  # noqa: E402
 
 
 async def one_client(client: httpx.AsyncClient, url: str, i: int, max_tokens: int, temperature: float) -> dict:

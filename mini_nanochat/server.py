@@ -665,3 +665,37 @@ def create_app(engines: list, tokenizer, model_id: str = "mini-nanochat", chat: 
         return await respond(request, req, text_prompt(req), "text")
 
     return app
+
+
+class BackgroundServer:
+    """Serve `app` with uvicorn in a daemon thread on a free 127.0.0.1 port (tests, benchmarks, notebooks):
+
+        with BackgroundServer(create_app(...)) as srv:
+            OpenAI(base_url=srv.url + "/v1", api_key="unused").chat.completions.create(...)
+    """
+
+    def __init__(self, app, startup_timeout: float = 30.0):
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.startup_timeout = startup_timeout
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.time() + self.startup_timeout
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -68,6 +68,25 @@ def resolve_run(runs_dir: str | os.PathLike, tag: str, stage: str = "latest") ->
     return runs_dir / tag
 
 
+def add_run_flags(parser, run_dir: bool = True) -> None:
+    """The flags by which chat, chat-eval and serve name a model: --model-tag, --stage (and --run-dir)."""
+    parser.add_argument("--model-tag", default="speedrun",
+                        help="the run family under <base>/runs: <tag>, <tag>-sft, <tag>-rl (default: the speedrun's)")
+    parser.add_argument("--stage", default="latest", choices=["latest", *STAGE_SUFFIX],
+                        help="which model of the family (latest: the most trained one that has a checkpoint)")
+    if run_dir:
+        parser.add_argument("--run-dir", default="", help="explicit run or checkpoint directory (overrides --model-tag)")
+
+
+def run_from_flags(args) -> Path:
+    """The run directory that add_run_flags' flags name."""
+    from .common import get_base_dir
+
+    if getattr(args, "run_dir", ""):
+        return Path(args.run_dir)
+    return resolve_run(get_base_dir() / "runs", args.model_tag, args.stage)
+
+
 def _clean_stale_temps(ck_root: Path) -> None:
     """Remove `.step_*.tmp-PID` folders left by a process that died while saving (or by this one): they
     are never complete checkpoints, and on a full disk they are what keeps it full. A folder whose PID

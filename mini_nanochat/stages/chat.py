@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 from ..checkpoint import CheckpointError, latest_checkpoint
-from ..common import UserError, autodetect_device, get_base_dir, is_plain_name, print_config
+from ..common import UserError, autodetect_device, is_plain_name, print_config
 
 HELP = "commands: /clear  /temperature X  /topk K  /help  /quit"
 
@@ -32,11 +32,9 @@ HELP = "commands: /clear  /temperature X  /topk K  /help  /quit"
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mini-nanochat chat", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-tag", default="speedrun", help="run under <base>/runs/<tag> (default: the speedrun's)")
-    p.add_argument("--stage", default="latest", choices=["latest", "base", "sft", "rl"],
-                   help="which model of the run family: <tag> (base), <tag>-sft, <tag>-rl; latest = the most "
-                        "trained one that exists")
-    p.add_argument("--run-dir", default="", help="explicit run directory (overrides --model-tag)")
+    from ..checkpoint import add_run_flags
+
+    add_run_flags(p)
     p.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
     p.add_argument("--mode", default="auto", choices=["auto", "chat", "complete"],
                    help="chat format or plain text continuation (auto: chat only for fine-tuned models)")
@@ -205,9 +203,9 @@ def run(args: argparse.Namespace) -> str | None:
 
     check_flags(args)
     device = autodetect_device(args.device or None)
-    from ..checkpoint import resolve_run
+    from ..checkpoint import run_from_flags
 
-    run_dir = Path(args.run_dir) if args.run_dir else resolve_run(get_base_dir() / "runs", args.model_tag, args.stage)
+    run_dir = run_from_flags(args)
     model, tok, meta = load_model(run_dir, device)
     window = model.config.sequence_len
     if args.max_tokens >= window:

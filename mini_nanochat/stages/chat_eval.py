@@ -22,7 +22,7 @@ import datetime
 import math
 import time
 
-from ..common import UserError, autodetect_device, get_base_dir, get_dist_info, is_plain_name, print0, print_config
+from ..common import UserError, autodetect_device, get_dist_info, is_plain_name, print0, print_config
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -33,9 +33,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mini-nanochat chat-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--model-tag", default="speedrun", help="the run family under <base>/runs: <tag>, <tag>-sft, <tag>-rl")
-    a("--stage", default="latest", choices=["latest", "base", "sft", "rl"],
-      help="which model of the family (latest: the most trained one that exists)")
+    from ..checkpoint import add_run_flags
+
+    add_run_flags(p, run_dir=False)
     a("--tasks", default=",".join(ALL_TASKS), help=f"comma-separated, from: {', '.join(ALL_TASKS)}")
     a("--max-per-task", type=int, default=-1,
       help=f"items per task: the first N after a shuffle with seed {SUBSAMPLE_SEED} (-1: all)")
@@ -128,9 +128,9 @@ def run(args: argparse.Namespace) -> dict:
 
     t0 = time.time()
     tasks = validate(args)
-    from ..checkpoint import resolve_run
+    from ..checkpoint import run_from_flags
 
-    run_dir = resolve_run(get_base_dir() / "runs", args.model_tag, args.stage)
+    run_dir = run_from_flags(args)
     if latest_checkpoint(run_dir) is None:
         raise UserError(f"no checkpoint in {run_dir}; train one first (base-train --model-tag {args.model_tag})")
     items = load_items(tasks, args.max_per_task)  # before the model: a missing package costs nothing

@@ -18,19 +18,16 @@ authentication.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..common import UserError, autodetect_device, get_base_dir, is_plain_name, print_config
+from ..common import UserError, autodetect_device, is_plain_name, print_config
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mini-nanochat serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-tag", default="speedrun", help="run under <base>/runs/<tag> (default: the speedrun's)")
-    p.add_argument("--stage", default="latest", choices=["latest", "base", "sft", "rl"],
-                   help="which model of the run family: <tag> (base), <tag>-sft, <tag>-rl; latest = the most "
-                        "trained one that exists")
-    p.add_argument("--run-dir", default="", help="explicit run directory (overrides --model-tag)")
+    from ..checkpoint import add_run_flags
+
+    add_run_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, no auth!)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="", help="cuda / mps / cpu (default: autodetect)")
@@ -59,13 +56,13 @@ def build_app(args: argparse.Namespace):
     """Load the model (once per worker device) and build the app; returns (app, model_id, config dict)."""
     import torch
 
-    from ..checkpoint import CheckpointError, latest_checkpoint, load_model, resolve_run
+    from ..checkpoint import CheckpointError, latest_checkpoint, load_model, run_from_flags
     from ..engine import Engine
     from ..server import ServerConfig, create_app
 
     check_flags(args)
     device = autodetect_device(args.device or None)
-    run_dir = Path(args.run_dir) if args.run_dir else resolve_run(get_base_dir() / "runs", args.model_tag, args.stage)
+    run_dir = run_from_flags(args)
     if latest_checkpoint(run_dir) is None:
         raise UserError(f"no checkpoint in {run_dir}; train one first: python -m mini_nanochat speedrun")
     if device.startswith("cuda"):

@@ -25,6 +25,8 @@ STAGES = {
     "rl": ("rl", "reinforcement learning on verifiable arithmetic (REINFORCE with group-mean baselines)"),
     "serve": ("serve", "serve a model: OpenAI-compatible API and a web chat"),
     "chat": ("chat", "talk to a trained model in the terminal (streaming; -p for one answer)"),
+    "inspect": ("inspect", "look inside a model: attention maps, logit lens, per-token loss, embeddings (HTML page)"),
+    "history": ("history", "the history lab: era recipes and single-idea ablations, same CPU budget, 3 seeds"),
     "speedrun": ("speedrun", "the main job: every stage that exists so far, in order"),
 }
 

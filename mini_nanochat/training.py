@@ -84,13 +84,16 @@ def apply_schedule(optimizer: torch.optim.Optimizer, step: int, num_iterations: 
 
 # ---- the step ----------------------------------------------------------------------------------------
 
-def train_step(model, optimizer: torch.optim.Optimizer, batches, grad_accum: int, sync=None) -> float:
+def train_step(model, optimizer: torch.optim.Optimizer, batches, grad_accum: int, sync=None,
+               before_update=None) -> float:
     """One optimizer step over `grad_accum` micro-batches `(inputs, targets) = next(batches)`.
 
     Each micro-batch's loss is divided by grad_accum before backward, so the accumulated gradient is the
     gradient of the mean loss (tests/test_train.py: equal to one big batch). Returns the mean loss over
     the micro-batches and all ranks, read to the host once. Raises NonFiniteLoss, before the optimizer
     step, if that loss is NaN or infinite. `sync` (distributed.GradSync) averages gradients across ranks.
+    `before_update()`, if given, is called with the final gradients just before the optimizer step (the
+    training-health probe, health.HealthMonitor.hook: gradient norm, a copy of the weights).
     """
     total = None
     for _ in range(grad_accum):
@@ -105,6 +108,8 @@ def train_step(model, optimizer: torch.optim.Optimizer, batches, grad_accum: int
         raise NonFiniteLoss(value)
     if sync is not None:
         sync.before_step()
+    if before_update is not None:
+        before_update()
     optimizer.step()
     if sync is not None:
         sync.after_step()

@@ -27,6 +27,7 @@ STAGES = {
     "chat": ("chat", "talk to a trained model in the terminal (streaming; -p for one answer)"),
     "inspect": ("inspect", "look inside a model: attention maps, logit lens, per-token loss, embeddings (HTML page)"),
     "history": ("history", "the history lab: era recipes and single-idea ablations, same CPU budget, 3 seeds"),
+    "export": ("export", "export a gpt2- or llama-preset model: Hugging Face folder or GGUF file (llama.cpp)"),
     "speedrun": ("speedrun", "the main job: every stage that exists so far, in order"),
 }
 

@@ -234,3 +234,66 @@ class HealthMonitor:
                 for line in dead_layers(stats["layer_gain"]):
                     say(line.split(" is dead")[0] + " dead", line)
         return record, alerts
+
+
+# ---- the picture (for `report`) -----------------------------------------------------------------------
+
+def read_health(metrics_path) -> list[tuple[int, dict]]:
+    """(step, health record) of every training record of a metrics.jsonl that has one, in step order (a
+    step logged twice keeps its last record; broken lines are skipped)."""
+    import json
+    from pathlib import Path
+
+    found = {}
+    path = Path(metrics_path)
+    if not path.is_file():
+        return []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("health"), dict):
+            found[r["step"]] = r["health"]
+    return sorted(found.items())
+
+
+def plot_health(metrics_path, out_path) -> bool:
+    """Four panels from metrics.jsonl's health records: gradient norm, update/weight ratio per group,
+    residual RMS per layer, attention entropy per layer (log scales where the values span decades).
+    Writes out_path (PNG, atomically) and returns True, or False when the run has no health records."""
+    from matplotlib.figure import Figure
+
+    from .common import atomic_write
+
+    recs = read_health(metrics_path)
+    if not recs:
+        return False
+    fig = Figure(figsize=(10, 7))
+    axes = [fig.add_subplot(2, 2, i + 1) for i in range(4)]
+    pts = [(s, h["grad_norm"]) for s, h in recs if isinstance(h.get("grad_norm"), (int, float))]
+    if pts:
+        axes[0].semilogy(*zip(*pts), linewidth=0.8)
+    axes[0].set_title("global gradient norm")
+    full = [(s, h) for s, h in recs if "attn_entropy" in h]
+    groups = sorted({g for _, h in full for g in h.get("update_ratio", {})})
+    for g in groups:
+        axes[1].semilogy(*zip(*[(s, h["update_ratio"][g]) for s, h in full if g in h.get("update_ratio", {})]),
+                         marker="o", markersize=2, label=g)
+    axes[1].set_title("update / weight ratio per group")
+    for ax, key, title in ((axes[2], "act_rms", "residual RMS after each layer"),
+                           (axes[3], "attn_entropy", "mean attention entropy (nats)")):
+        n = max((len(h.get(key, [])) for _, h in full), default=0)
+        for layer in range(n):
+            ax.plot(*zip(*[(s, h[key][layer]) for s, h in full if len(h.get(key, [])) > layer]),
+                    marker="o", markersize=2, label=f"layer {layer}")
+        ax.set_title(title)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_write(out_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
+    return True

@@ -363,6 +363,10 @@ def make_plots(facts: dict, plot_dir: Path) -> tuple[list[tuple[str, Path]], str
     if m["loss"]:
         _curve(m["loss"], "train loss (nats/token)", plot_dir / "loss.png", smooth=True)
         made.append(("train loss", plot_dir / "loss.png"))
+    from .health import plot_health  # the training-health panels (health.py), if the run logged any
+
+    if facts.get("run_dir") and plot_health(Path(facts["run_dir"]) / "metrics.jsonl", plot_dir / "health.png"):
+        made.append(("training health", plot_dir / "health.png"))
     for key, name, title, score, score_name in (("base_eval", "core.png", "CORE tasks", "core", "CORE"),
                                                 ("chat_eval", "chat.png", "chat evals", "chatcore", "ChatCORE")):
         ev = facts[key]
@@ -553,6 +557,7 @@ def render(facts: dict, plots: list[tuple[str, Path]], plot_note: str | None, md
             out += [f"*No summary.json{why}: the run is unfinished or was interrupted; continue it with "
                     f"`{cmd['train']} --resume`.*", ""]
         out += plot("val_bpb.png", "validation bits per byte") + plot("loss.png", "train loss")
+        out += plot("health.png", "training health: gradient norm, update ratios, residual RMS, attention entropy")
         if facts["samples"]:
             out += ["Samples at the last step (greedy):", "", fenced(facts["samples"]), ""]
 

@@ -26,6 +26,7 @@ STAGES = {
     "serve": ("serve", "serve a model: OpenAI-compatible API and a web chat"),
     "chat": ("chat", "talk to a trained model in the terminal (streaming; -p for one answer)"),
     "inspect": ("inspect", "look inside a model: attention maps, logit lens, per-token loss, embeddings (HTML page)"),
+    "checkpoint": ("checkpoint_check", "check a phase's learning checkpoint automatically: checkpoint 0-9 or all"),
     "history": ("history", "the history lab: era recipes and single-idea ablations, same CPU budget, 3 seeds"),
     "export": ("export", "export a gpt2- or llama-preset model: Hugging Face folder or GGUF file (llama.cpp)"),
     "speedrun": ("speedrun", "the main job: every stage that exists so far, in order"),

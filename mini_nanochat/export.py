@@ -293,18 +293,22 @@ def hf_config(config: GPTConfig, bos_id: int, eos_ids: list[int]):
     if arch == "gpt2":
         from transformers import GPT2Config
 
-        return GPT2Config(n_positions=config.sequence_len, n_embd=config.n_embd, n_layer=config.n_layer,
+        cfg = GPT2Config(n_positions=config.sequence_len, n_embd=config.n_embd, n_layer=config.n_layer,
                           n_head=config.n_head, n_inner=None, activation_function="gelu_pytorch_tanh",
                           layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                           scale_attn_weights=True, tie_word_embeddings=True, **common)
+        cfg.architectures = ["GPT2LMHeadModel"]  # what lm-eval, vLLM and the Hub read to pick the class
+        return cfg
     from transformers import LlamaConfig
 
-    return LlamaConfig(hidden_size=config.n_embd, intermediate_size=config.mlp_hidden,
+    cfg = LlamaConfig(hidden_size=config.n_embd, intermediate_size=config.mlp_hidden,
                        num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
                        num_key_value_heads=config.n_kv_head, head_dim=config.head_dim,
                        max_position_embeddings=config.sequence_len, rms_norm_eps=1e-6,  # gpt.rms's eps
                        rope_theta=config.rope_base, hidden_act="silu", attention_bias=False, mlp_bias=False,
                        tie_word_embeddings=config.tie_embeddings, **common)
+    cfg.architectures = ["LlamaForCausalLM"]
+    return cfg
 
 
 def _transformers_major() -> int:

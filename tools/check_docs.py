@@ -141,7 +141,7 @@ class Index:
     modules: dict[str, ModuleInfo]          # "gpt", "stages.sft", "tasks.core", "tools.vocab_sweep"
     classes: dict[str, list[ClassInfo]]     # class name -> every class of that name in the package
     tests: dict[str, set[str]]              # "tests/test_x.py" -> test function names (and Class::test)
-    stage_flags: dict[str, set[str]]        # stage -> option strings
+    stage_flags: dict[str, set[str] | None]  # stage -> option strings (None: its parser did not build)
     script_flags: dict[str, set[str] | None]  # "tools/x.py" -> option strings (None: no argparse)
 
     def class_has(self, cls: str, member: str, seen: frozenset = frozenset()) -> bool:
@@ -215,10 +215,15 @@ def _stage_flags() -> dict[str, set[str]]:
         sys.path.insert(0, str(ROOT))
     from mini_nanochat.__main__ import STAGES
 
-    out = {}
+    out: dict[str, set[str] | None] = {}
     for name, (module, _) in STAGES.items():
-        mod = importlib.import_module(f"mini_nanochat.stages.{module}")
-        parser = mod.get_parser()
+        try:
+            parser = importlib.import_module(f"mini_nanochat.stages.{module}").get_parser()
+        except Exception as e:  # noqa: BLE001 - a stage being written right now: its flags go unchecked
+            print(f"check_docs: cannot build the parser of stage {name!r} ({type(e).__name__}: {e}); "
+                  "its flags are not checked", file=sys.stderr)
+            out[name] = None
+            continue
         out[name] = set(parser._option_string_actions)
     return out
 
@@ -421,7 +426,8 @@ class Checker:
         if stage not in self.index.stage_flags:
             self.add(path, no, f"`{stage}` is not a stage (python -m mini_nanochat --help lists them)")
             return
-        self._check_flags(path, no, f"{stage}", toks[1:], self.index.stage_flags[stage])
+        if self.index.stage_flags[stage] is not None:
+            self._check_flags(path, no, f"{stage}", toks[1:], self.index.stage_flags[stage])
 
     def _check_flags(self, path, no, what, toks, flags):
         for t in toks:

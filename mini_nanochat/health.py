@@ -18,10 +18,13 @@ Every `every` steps, and nothing on the others:
                      QK-norm: Dehghani et al. 2023, arXiv:2302.05442; Zhai et al. 2023, arXiv:2303.06296)
     max_logit        largest output logit on the probe batch (after the soft-cap, if any)
 
-Detectors (pure functions, each returns None or one line for the log):
-    loss_spike       the loss exceeds `ratio` x the median of the last `window` losses
-    grad_explosion   the gradient norm exceeds `ratio` x its running median, or is not finite
-    attention_collapse, dead_layers   per layer, on the due steps
+Detectors (pure functions, each returns None or lines for the log):
+    loss_spike         the loss exceeds 1.3 x the median of the last 50 losses (or is not finite)
+    loss_above_uniform the loss is above ln V (worse than guessing uniformly), after 10 steps
+    grad_explosion     the gradient norm exceeds 5 x its running median, or is not finite
+    attention_collapse a layer's mean attention entropy is below 0.1 nats       } per layer,
+    dead_layers        a block adds < 1e-4 of its input's RMS                   } on the due
+    exploding_layers   a block's output RMS is > 10 x its input's               } steps
 A detector that fired stays quiet about the same thing for `quiet` steps, so a run that is broken for
 good says so a few times, not on every line.
 """
@@ -119,13 +122,15 @@ def activation_stats(model, idx: torch.Tensor) -> dict:
 
 
 # ---- the detectors -------------------------------------------------------------------------------------
+# Thresholds are rules of thumb, checked on the runs of docs/debugging.md (a healthy d4 run never
+# trips them; LR x30, no QK-norm and a zeroed layer each do), not tuned over many runs.
 
-def loss_spike(history, loss: float, ratio: float = 1.3, min_history: int = 10) -> str | None:
+def loss_spike(history, loss: float, ratio: float = 1.3, min_history: int = 5) -> str | None:
     """A loss above `ratio` x the median of the recent losses (`history`, oldest first).
 
     >>> loss_spike([3.2] * 20, 6.1)
     'loss spike 6.10 vs running median 3.20'
-    >>> loss_spike([3.2] * 20, 3.5) is None, loss_spike([3.2] * 5, 9.0) is None
+    >>> loss_spike([3.2] * 20, 3.5) is None, loss_spike([3.2] * 4, 9.0) is None
     (True, True)
     """
     if not math.isfinite(loss):
@@ -136,7 +141,22 @@ def loss_spike(history, loss: float, ratio: float = 1.3, min_history: int = 10) 
     return f"loss spike {loss:.2f} vs running median {med:.2f}" if loss > ratio * med else None
 
 
-def grad_explosion(history, norm: float, ratio: float = 10.0, min_history: int = 10) -> str | None:
+def loss_above_uniform(loss: float, vocab_size: int, margin: float = 0.1) -> str | None:
+    """A loss above ln V, what guessing every token with probability 1/V scores: the model has learned
+    nothing, or unlearned it (a freshly initialised model starts at ln V).
+
+    >>> loss_above_uniform(9.7, 4096)
+    'loss 9.70 is above ln V = 8.32: worse than a uniform guess'
+    >>> loss_above_uniform(8.3, 4096) is None
+    True
+    """
+    ln_v = math.log(vocab_size)
+    if math.isfinite(loss) and loss > ln_v + margin:
+        return f"loss {loss:.2f} is above ln V = {ln_v:.2f}: worse than a uniform guess"
+    return None
+
+
+def grad_explosion(history, norm: float, ratio: float = 5.0, min_history: int = 5) -> str | None:
     """A gradient norm that is not finite, or above `ratio` x the median of the recent norms.
 
     >>> grad_explosion([0.5] * 20, 80.0)
@@ -171,6 +191,17 @@ def dead_layers(gains: list[float], threshold: float = 1e-4) -> list[str]:
     return [f"layer {i} is dead (adds {g:.2g} to the residual stream)" for i, g in enumerate(gains) if g < threshold]
 
 
+def exploding_layers(gains: list[float], threshold: float = 10.0) -> list[str]:
+    """One line per block whose output is more than `threshold` x larger (RMS) than what entered it: the
+    residual stream is blowing up there (a healthy block adds a fraction of its input).
+
+    >>> exploding_layers([0.4, 29.9, 0.5])
+    ['layer 1 activations exploding (output RMS 29.9x its input)']
+    """
+    return [f"layer {i} activations exploding (output RMS {g:.3g}x its input)" for i, g in enumerate(gains)
+            if g > threshold]
+
+
 # ---- the monitor ---------------------------------------------------------------------------------------
 
 class HealthMonitor:
@@ -181,13 +212,13 @@ class HealthMonitor:
     per-step gradient norm off too (the monitor then only watches the loss)."""
 
     def __init__(self, model, optimizer, probe: torch.Tensor | None, every: int, window: int = 50,
-                 spike_ratio: float = 1.3, explode_ratio: float = 10.0, collapse_entropy: float = 0.1,
-                 quiet: int = 20):
+                 spike_ratio: float = 1.3, explode_ratio: float = 5.0, collapse_entropy: float = 0.1,
+                 quiet: int = 20, warmup: int = 10):
         self.model, self.optimizer, self.probe, self.every = model, optimizer, probe, every
         self.losses, self.norms = deque(maxlen=window), deque(maxlen=window)
         self.spike_ratio, self.explode_ratio, self.collapse_entropy, self.quiet = (spike_ratio, explode_ratio,
                                                                                    collapse_entropy, quiet)
-        self._norm, self._before, self._last_said = None, None, {}
+        self._norm, self._before, self._last_said, self.warmup = None, None, {}, warmup
 
     def due(self, step: int) -> bool:
         """Whether the full metrics are taken at the end of optimizer step `step` (1-based, as logged)."""
@@ -214,6 +245,8 @@ class HealthMonitor:
                 alerts.append(f"{PREFIX}step {step}: {text}")
 
         say("loss", loss_spike(self.losses, loss, self.spike_ratio))
+        if step >= self.warmup:  # a fresh model sits at ln V for its first steps
+            say("uniform", loss_above_uniform(loss, self.model.config.vocab_size))
         if math.isfinite(loss):
             self.losses.append(loss)
         if self._norm is not None:
@@ -229,10 +262,9 @@ class HealthMonitor:
             if self.probe is not None:
                 stats = activation_stats(self.model, self.probe)
                 record.update(stats)
-                for line in attention_collapse(stats["attn_entropy"], self.collapse_entropy):
-                    say(line.split(" attention")[0] + " collapse", line)
-                for line in dead_layers(stats["layer_gain"]):
-                    say(line.split(" is dead")[0] + " dead", line)
+                for line in (attention_collapse(stats["attn_entropy"], self.collapse_entropy)
+                             + dead_layers(stats["layer_gain"]) + exploding_layers(stats["layer_gain"])):
+                    say(line.split(" (")[0], line)  # key: "layer 2 attention collapsed", "layer 1 is dead"...
         return record, alerts
 
 

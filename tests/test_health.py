@@ -98,6 +98,9 @@ def test_detectors_fire_on_injected_faults():
     assert health.grad_explosion(norms[-50:], 40.0).startswith("grad norm exploded")
     assert health.grad_explosion(norms, float("inf")) == "grad norm is inf"
     assert health.attention_collapse([2.0, 1.5]) == [] and health.dead_layers([0.2, 0.4]) == []
+    assert health.exploding_layers([0.5, 2.0]) == [] and health.exploding_layers([30.0])[0].startswith("layer 0")
+    assert all(health.loss_above_uniform(x, 4096) is None for x in losses)  # ln 4096 = 8.32
+    assert health.loss_above_uniform(9.7, 4096).startswith("loss 9.70 is above ln V")
 
 
 def test_monitor_reports_a_spike_once_with_its_step():
@@ -106,9 +109,10 @@ def test_monitor_reports_a_spike_once_with_its_step():
     mon = health.HealthMonitor(model, opt, probe=None, every=0, quiet=5)
     said = []
     for step in range(1, 41):
-        loss = 20.0 if step in (30, 31) else 5.0 - 0.01 * step  # a spike at 30 lasting two steps
+        loss = 20.0 if step in (30, 31) else 4.0 - 0.01 * step  # a spike at 30 lasting two steps
         said += mon.after_update(step, loss)[1]
-    assert said == ["health: step 30: loss spike 20.00 vs running median 4.85"]  # 31 is within `quiet`
+    assert said == ["health: step 30: loss spike 20.00 vs running median 3.85",  # 31 is within `quiet`
+                    "health: step 30: loss 20.00 is above ln V = 4.85: worse than a uniform guess"]
 
 
 def test_a_dead_layer_and_a_collapsed_attention_are_named():

@@ -15,7 +15,7 @@ Method (ADR 0042):
   tokenizes in a background thread that is not counted (it is the same work for every run of a tokenizer).
   The learning-rate schedule is a function of the budget used, not of the step (the number of steps is not
   known in advance): warmup over the first 5%, linear warmdown over the last 65% (base-train's ratio).
-- **Evaluation**: bits per byte on the same bytes for every run: the first ~100 kB of the val split's
+- **Evaluation**: bits per byte on the same bytes for every run: the first ~50 kB of the val split's
   documents, each tokenized with the run's tokenizer, concatenated and cut into rows, so every byte is
   scored exactly once whatever the vocabulary (the val loader's best-fit packing crops documents
   differently for different tokenizers, which would make vocabularies incomparable).
@@ -38,7 +38,7 @@ from pathlib import Path
 # one core's CPU time at width 128.
 LAB_DEPTH, LAB_ASPECT, LAB_HEAD_DIM, LAB_T, LAB_B = 4, 32, 64, 128, 8
 DEFAULT_VOCAB = 4096
-EVAL_BYTES = 100_000
+EVAL_BYTES = 50_000
 WARMUP_FRAC, WARMDOWN_RATIO = 0.05, 0.65
 # base-train's defaults (stages/base_train.TrainConfig) for the groups that no run changes
 EMBEDDING_LR, UNEMBEDDING_LR, SCALAR_LR = 0.2, 0.004, 0.01

@@ -33,6 +33,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one core each")
     p.add_argument("--out", default="", help="lab directory (default: <base>/history)")
     p.add_argument("--corpus", default="embedded", help="corpus under <base>/data (train split to train, val to evaluate)")
+    p.add_argument("--table-only", action="store_true",
+                   help="write the table and plot from the runs already finished at this budget; train nothing")
     p.add_argument("--list", action="store_true", help="list the runs and what each changes, then stop")
     return p
 
@@ -75,12 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     per_run = round(args.budget_s / (len(specs) * args.seeds), 2)
     require(per_run >= 0.1, f"--budget-s {args.budget_s:g} gives {per_run:g} s per run: too little to train")
     tasks, done = [], []
-    for spec in specs.values():
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed-major: a lab stopped early has every run at some seeds
+        for spec in specs.values():
             r = load_result(lab_dir, spec, seed, per_run)
             if r is not None:
                 done.append(r)
-            else:
+            elif not args.table_only:
                 tasks.append((spec, seed, per_run, str(lab_dir), args.corpus, str(base_dir)))
     print_config("history", {"runs": ", ".join(specs), "seeds": args.seeds, "budget (CPU s, whole lab)": args.budget_s,
                              "budget per run (CPU s)": per_run, "model": f"depth {LAB_DEPTH}, T {LAB_T}, batch {LAB_B}",
@@ -93,13 +95,30 @@ def main(argv: list[str] | None = None) -> dict:
 
         for v in sorted({t[0].vocab_size for t in tasks}):
             lab_tokenizer(lab_dir, v, args.corpus, base_dir)
-        ctx = mp.get_context("spawn")  # fresh interpreters: no fork of a process holding torch threads
-        with ctx.Pool(min(args.jobs, len(tasks)), initializer=warm_up) as pool:
-            for i, r in enumerate(pool.imap_unordered(_work, tasks), 1):
+        if args.jobs == 1:  # in this process (the tests; no interpreter start-up per worker)
+            import torch
+
+            threads = torch.get_num_threads()
+            warm_up()
+            results = map(_work, tasks)
+        else:
+            ctx = mp.get_context("spawn")  # fresh interpreters: no fork of a process holding torch threads
+            pool = ctx.Pool(min(args.jobs, len(tasks)), initializer=warm_up)
+            results = pool.imap_unordered(_work, tasks)
+        try:
+            for i, r in enumerate(results, 1):
                 done.append(r)
                 print0(f"[{i}/{len(tasks)}] {r['run']} seed {r['seed']}: val bpb {r['val_bpb']:.4f} after "
                        f"{r['steps']} steps ({r['train_cpu_s']:.1f} CPU s), {time.time() - start:.0f} s elapsed")
+        finally:
+            if args.jobs == 1:
+                torch.set_num_threads(threads)  # train_one set 1 for its runs; give the caller its threads back
+            else:
+                pool.terminate()
+                pool.join()
     rows = summarise(specs, done)
+    if not rows:
+        raise UserError(f"no finished runs at {per_run:g} CPU s per run in {lab_dir}/results: run without --table-only")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     title = f"history lab: {args.seeds} seed(s), {per_run:g} CPU s per run, depth {LAB_DEPTH}, {stamp}"
     table = markdown_table(rows)

@@ -561,3 +561,27 @@ def score_multiturn(engine, tok, turns: list[str] = MULTI_TURN, max_new_tokens: 
         messages.append({"role": "assistant", "content": content})
         replies.append({"user": text, "reply": reply, "stopped": stopped})
     return {"stopped": stops, "turns": len(turns), "replies": replies}
+
+
+# The report card's chat section: fixed questions, greedy replies. Identity questions are phrasings that
+# the SFT mixture never uses (chat_data._ID_HELD_OUT), so a right answer is a generalisation, not a recall.
+CARD_PROMPTS = ["Hi! How are you today?", "What is 123 + 456?", "What is 48 times 27?",
+                "How many letters are in the word banana?", "What can you do?", "Tell me about the ocean."]
+
+
+def chat_card(engine, tok, max_new_tokens: int = 80) -> dict:
+    """Replies for the report card: identity (held-out phrasings of "who are you?"; right = the reply names
+    mini-nanochat), a few sample prompts, and one multi-turn conversation (score_multiturn).
+
+    Returns {"identity": {"correct", "n", "replies": [{"user", "reply", "correct"}]}, "conversations":
+    [{"user", "reply"}], "multi_turn": {...}}."""
+    from .chat_data import _ID_HELD_OUT, check_identity_answer
+
+    def reply(text: str) -> str:
+        [r], _ = generate_replies(engine, tok, text, max_new_tokens=max_new_tokens, temperature=0.0)
+        return r
+
+    ident = [{"user": q, "reply": (r := reply(q)), "correct": check_identity_answer(r)} for q in _ID_HELD_OUT]
+    return {"identity": {"correct": sum(x["correct"] for x in ident), "n": len(ident), "replies": ident},
+            "conversations": [{"user": q, "reply": reply(q)} for q in CARD_PROMPTS],
+            "multi_turn": score_multiturn(engine, tok, max_new_tokens=max_new_tokens)}

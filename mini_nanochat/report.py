@@ -211,6 +211,8 @@ def gather(tag: str, base_dir: Path | None = None) -> dict:
         if facts[key] is not None and not isinstance(facts[key].get("tasks"), dict):
             facts[key]["tasks"] = {}
 
+    gather_family(facts, base, tag)
+
     tok_name = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), str) else "default"
     tok = {"name": tok_name}
     if is_plain_name(tok_name):
@@ -221,6 +223,43 @@ def gather(tag: str, base_dir: Path | None = None) -> dict:
     facts["tokenizer"] = tok
     facts["tok_eval"] = tok_eval_table(base)
     return facts
+
+
+def gather_family(facts: dict, base: Path, tag: str) -> None:
+    """The chat models fine-tuned from run `tag` (runs/<tag>-sft, runs/<tag>-rl): their summaries, the chat
+    evaluation and chat card of the most trained one (when the base run has no chat-eval of its own), and
+    the speedrun's stage times (runs/<tag>/speedrun_times.json)."""
+    notes = facts["notes"]
+    for suffix in ("sft", "rl"):
+        path = base / "runs" / f"{tag}-{suffix}" / "summary.json"
+        facts[suffix], notes[suffix] = read_json(path) if path.parent.is_dir() else (None, "missing")
+    facts["chat_run"], facts["chat_card"] = None, None
+    for suffix in ("rl", "sft"):
+        ev = base / "runs" / f"{tag}-{suffix}" / "eval"
+        if ev.is_dir():
+            facts["chat_run"] = ev.parent.name
+            if facts["chat_eval"] is None:
+                facts["chat_eval"], notes["chat_eval"] = read_json(ev / "chat_eval.json")
+                if facts["chat_eval"] is not None and not isinstance(facts["chat_eval"].get("tasks"), dict):
+                    facts["chat_eval"]["tasks"] = {}
+            facts["chat_card"], notes["chat_card"] = read_json(ev / "chat_card.json")
+            break
+    facts["speedrun_times"], notes["speedrun_times"] = read_json(facts["run_dir"] / "speedrun_times.json")
+
+
+def display_reply(text: str) -> str:
+    """A decoded reply as the terminal chat shows it: the calculator call as [calculator: expr = result].
+
+    >>> display_reply("<|python_start|>2+3<|python_end|><|output_start|>5<|output_end|>2 plus 3 is 5.")
+    '[calculator: 2+3 = 5] 2 plus 3 is 5.'
+    """
+    from .engine import TOOL_DISPLAY
+
+    for marker, shown in TOOL_DISPLAY.items():
+        text = text.replace(marker, shown)
+    for marker in ("<|output_start|>", "<|assistant_end|>"):
+        text = text.replace(marker, "")
+    return " ".join(text.split())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -592,7 +631,8 @@ def render(facts: dict, plots: list[tuple[str, Path]], plot_note: str | None, md
     if ce is None:
         out += ["ARC, MMLU, GSM8K, HumanEval: " + missing(notes.get("chat_eval"), cmd["chat_eval"]), ""]
     else:
-        out += [f"Checkpoint step {num(ce.get('step'), ',d')}, {ce.get('device', '?')}, {ce.get('date', '?')}, "
+        out += [f"Run `{ce.get('run', '?')}`, checkpoint step {num(ce.get('step'), ',d')}, {ce.get('device', '?')}, "
+                f"{ce.get('date', '?')}, "
                 f"{hms(ce.get('seconds'))}. **ChatCORE {num(ce.get('chatcore'))}** (mean centred accuracy).", ""]
         if ce["tasks"]:
             text, sub = _eval_table(ce, shots=False)
@@ -601,6 +641,8 @@ def render(facts: dict, plots: list[tuple[str, Path]], plot_note: str | None, md
                 out += [f"At most {ce['max_per_task']:,} items per task (`--max-per-task`): ± is the binomial "
                         "standard error sqrt(p(1-p)/n).", ""]
         out += plot("chat.png", "chat evals: centred accuracy per task")
+
+    out += chat_model_section(facts)
 
     # ---- time and cost
     rate, assumption = price(facts, price_per_hour)
@@ -611,9 +653,20 @@ def render(facts: dict, plots: list[tuple[str, Path]], plot_note: str | None, md
               ["chat-eval", hms((ce or {}).get("seconds")), "eval/chat_eval.json"]]
     total = sum(x for x in (tok.get("train_seconds"), metrics["train_seconds"], (be or {}).get("seconds"),
                             (ce or {}).get("seconds")) if is_number(x))
+    for name in ("sft", "rl"):
+        if is_number((facts.get(name) or {}).get("seconds")):
+            phases.append([name.upper() if name == "sft" else "RL", hms(facts[name]["seconds"]),
+                           f"runs/{tag}-{name}/summary.json"])
+            total += facts[name]["seconds"]
     out += ["## Time and estimated cost", "",
             table(["phase", "wall time", "from"], phases + [["**total**", hms(total), ""]]),
             "", f"Estimated cost: **${total / 3600 * rate:,.2f}** = {total / 3600:.3f} h × {assumption}.", ""]
+    st = facts.get("speedrun_times")
+    if isinstance(st, dict) and isinstance(st.get("stages_seconds"), dict):
+        rows = [[k, hms(v)] for k, v in st["stages_seconds"].items() if is_number(v)]
+        out += [f"The speedrun (preset `{st.get('preset', '?')}`, {st.get('date', '?')}) took "
+                f"**{hms(st.get('total_seconds'))}** from its start to the report, stage by stage (wall time, "
+                "probes, evaluations and checkpoints included):", "", table(["stage", "wall time"], rows), ""]
 
     # ---- peers
     out += ["## Beside nanochat and GPT-2", ""]
@@ -638,6 +691,64 @@ def render(facts: dict, plots: list[tuple[str, Path]], plot_note: str | None, md
                 f"{si(tr['train_flops'], 'FLOP')} of training) scores near chance, so CORE and ChatCORE near 0 are "
                 "what it should get. The table shows the distance to the peers, not a race.", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def chat_model_section(facts: dict) -> list[str]:
+    """SFT and RL of the run's chat models: arithmetic with the calculator, identity, sample replies."""
+    sft, rl, card, tag = facts.get("sft"), facts.get("rl"), facts.get("chat_card"), facts["tag"]
+    out = ["## The chat model (SFT and RL)", ""]
+    if sft is None:
+        return out + [missing(facts["notes"].get("sft"), f"python -m mini_nanochat sft --model-tag {tag}"), ""]
+    a = sft.get("arithmetic") or {}
+    rows = [["SFT", f"{num(sft.get('steps'), ',d')} steps, {hms(sft.get('seconds'))}; val loss "
+                    f"{num(sft.get('final_val_loss'))}",
+             f"{num(a.get('accuracy'), '.0%')} of {num(a.get('n'), 'd')}" + (
+                 f" ± {num(binomial_se(a['accuracy'], a['n']), '.0%')}" if is_number(a.get("accuracy")) and
+                 is_number(a.get("n")) and a["n"] > 0 else ""),
+             num(a.get("tool_use"), ".0%")]]
+    if rl is not None:
+        b, r = rl.get("before") or {}, rl.get("after") or {}
+        rows.append(["RL", f"{num(rl.get('steps'), ',d')} steps, {hms(rl.get('seconds'))}; pass@1 "
+                           f"{num(b.get('pass@1'), '.0%')} before",
+                     f"{num(r.get('pass@1'), '.0%')} of {num(r.get('n'), 'd')}" + (
+                         f" ± {num(binomial_se(r['pass@1'], r['n']), '.0%')}" if is_number(r.get("pass@1")) and
+                         is_number(r.get("n")) and r["n"] > 0 else ""), "—"])
+    out += ["Arithmetic with the calculator: held-out questions (numbers and sentences never trained on), "
+            "greedy; right = the calculator was called with a correct expression and the answer states the "
+            "result.", "", table(["stage", "training", "arithmetic right", "used the tool"], rows), ""]
+    if card:
+        ident = card.get("identity") or {}
+        out += [f"Identity ({facts.get('chat_run') or '?'}, step {num(card.get('step'), ',d')}): "
+                f"**{ident.get('correct', '?')} of {ident.get('n', '?')}** held-out phrasings of \"who are you?\" "
+                "answered with the model's name.", ""]
+        lines = [f"> {x.get('user', '')}\n{display_reply(str(x.get('reply', '')))}"
+                 for x in (ident.get("replies") or [])[:2] + (card.get("conversations") or [])]
+        mt = card.get("multi_turn") or {}
+        if mt.get("replies"):
+            lines.append("-- one conversation, turn by turn (stopped by itself: "
+                         f"{mt.get('stopped', '?')} of {mt.get('turns', '?')} turns) --\n"
+                         + "\n".join(f"> {x.get('user', '')}\n{display_reply(str(x.get('reply', '')))}"
+                                     for x in mt["replies"]))
+        out += ["Sample replies (greedy; a calculator call shows as `[calculator: expression = result]`):", "",
+                fenced("\n\n".join(lines)), ""]
+    else:
+        out += ["Identity and sample replies: " + missing(facts["notes"].get("chat_card"),
+                                                          f"python -m mini_nanochat chat-eval --model-tag {tag}"), ""]
+    return out
+
+
+def headline(facts: dict) -> str:
+    """The few numbers the speedrun prints at its end, as a small table."""
+    be, ce, sft, rl, card = (facts.get(k) or {} for k in ("base_eval", "chat_eval", "sft", "rl", "chat_card"))
+    summary, st = facts.get("summary") or {}, facts.get("speedrun_times") or {}
+    bpb = next((x for x in (be.get("val_bpb"), summary.get("final_val_bpb")) if is_number(x)), None)
+    arith = (rl.get("after") or {}).get("pass@1") if rl else (sft.get("arithmetic") or {}).get("accuracy")
+    ident = card.get("identity") or {}
+    rows = [["val bpb", num(bpb)], ["CORE", num(be.get("core"))],
+            ["arithmetic with the tool", num(arith, ".0%")],
+            ["identity", f"{ident.get('correct', '—')} of {ident.get('n', '—')}" if ident else "—"],
+            ["ChatCORE", num(ce.get("chatcore"))], ["total time", hms(st.get("total_seconds"))]]
+    return table([f"run `{facts['tag']}`", "value"], rows)
 
 
 # ----------------------------------------------------------------------------------------------------

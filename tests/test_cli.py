@@ -27,8 +27,9 @@ def test_speedrun_end_to_end(base_dir, capsys):
     from mini_nanochat.stages import speedrun
     from mini_nanochat.tokenizer import get_tokenizer
 
-    speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2", "--sft-iterations", "3",
-                   "--rl-iterations", "2", "--eval-questions", "3"])
+    flags = ["--depth", "1", "--iterations", "3", "--eval-per-task", "2", "--sft-iterations", "3",
+             "--rl-iterations", "2", "--eval-questions", "3", "--chat-eval-per-task", "2"]
+    speedrun.main(flags)
     out = capsys.readouterr().out
     assert "bytes per token" in out and "o200k_base" in out and "speedrun done" in out
     assert "done: 3 of 3 steps, val bpb" in out
@@ -36,13 +37,12 @@ def test_speedrun_end_to_end(base_dir, capsys):
     assert (base_dir / "reports" / "speedrun.md").is_file()
     times = json.loads((base_dir / "runs" / "speedrun" / "speedrun_times.json").read_text())
     assert list(times["stages_seconds"]) == ["data", "tok-train", "tok-eval", "base-train", "base-eval", "sft", "rl",
-                                             "report"] and times["total_seconds"] > 0
-    assert 'chat -p "What is 123 + 456?"' in out
-    speedrun.main(["--depth", "1", "--iterations", "3", "--eval-per-task", "2", "--sft-iterations", "3",
-                   "--rl-iterations", "2", "--eval-questions", "3"])  # a second run skips every stage
+                                             "chat-eval"] and times["total_seconds"] > 0
+    assert 'chat --model-tag speedrun -p "What is 123 + 456?"' in out
+    speedrun.main(flags)  # a second run skips every stage
     again = capsys.readouterr().out
     assert "pretraining already done" in again and "base-eval already done" in again
-    assert "sft already done" in again and "rl already done" in again
+    assert "sft already done" in again and "rl already done" in again and "chat-eval already done" in again
     assert (base_dir / "runs" / "speedrun-rl" / "summary.json").is_file()
     tok = get_tokenizer("default")
     assert tok.vocab_size == 4096

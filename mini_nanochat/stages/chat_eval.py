@@ -51,6 +51,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--exec-timeout", type=float, default=10.0, help="seconds one HumanEval program may run in the sandbox")
     a("--exec-memory-mb", type=int, default=1024, help="memory limit of one HumanEval program (MiB)")
     a("--device", default="", help="cuda / mps / cpu (default: autodetect)")
+    a("--card", action=argparse.BooleanOptionalAction, default=True,
+      help="also write eval/chat_card.json for the report: identity answers, sample replies, a multi-turn chat")
     return p
 
 
@@ -202,6 +204,14 @@ def run(args: argparse.Namespace) -> dict:
         if dist.is_master:
             write_json_atomic(path, summary)
             print0(f"wrote {path} and {out_dir / 'chat'}/<task>.jsonl")
+            if args.card:
+                from ..chat_eval import chat_card
+
+                card = chat_card(engine, tok)
+                card.update(checkpoint=str(meta["checkpoint"]), step=int(meta.get("step", -1)))
+                write_json_atomic(out_dir / "chat_card.json", card)
+                print0(f"identity: {card['identity']['correct']} of {card['identity']['n']} held-out \"who are "
+                       f"you?\" questions answered with the name; wrote {out_dir / 'chat_card.json'}")
         return summary
     finally:
         destroy()

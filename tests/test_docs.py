@@ -47,11 +47,14 @@ python -m pytest -q tests/test_gpt.py -k no_such_test_name
 python -m mini_nanochat no-such-stage
 ```
 All 99 tests pass.
+
 <!-- output: python -m mini_nanochat chat | 2026-12-01 | 0123456789abcdef | the-machine -->
 ```
 text
 ```
 <!-- output: python -m mini_nanochat chat | yesterday -->
+`stages/chat.no_such_function` and `stages/no_such_stage.py`; `stages/chat.answer` is fine.
+The helper `gpt.generate` was removed in issue #11 (a name the code had once: fine).
 """
 
 EXPECTED = [
@@ -72,8 +75,10 @@ EXPECTED = [
     (12, "`pytest -k no_such_test_name` selects no test"),
     (13, "`no-such-stage` is not a stage"),
     (15, "a test count without the date"),
-    (16, "`0123456789abcdef` is not a commit of this repository"),
-    (20, "output marker needs"),
+    (17, "`0123456789abcdef` is not a commit of this repository"),
+    (21, "output marker needs"),
+    (22, "`stages/chat.py` has no `no_such_function`"),
+    (22, "there is no `mini_nanochat/stages/no_such_stage.py`"),
 ]
 
 
@@ -99,13 +104,11 @@ def test_adr_sections_are_checked(check_docs, tmp_path):
     assert all(Path(p.path).name == "0002-bad.md" for p in found)
 
 
-def test_command_line_prints_problems_and_exit_code(tmp_path):
+def test_command_line_prints_problems_and_exit_code(check_docs, tmp_path, capsys):
     doc = tmp_path / "one.md"
     doc.write_text("See `gpt.no_such_function`.\n", encoding="utf-8")
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "check_docs.py"), str(doc)], capture_output=True,
                        text=True, cwd=ROOT)
     assert r.returncode == 1 and f"{doc}:1: `gpt.no_such_function` does not resolve" in r.stdout
     doc.write_text("See `gpt.apply_rope`.\n", encoding="utf-8")
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "check_docs.py"), str(doc)], capture_output=True,
-                       text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stdout
+    assert check_docs.main([str(doc)]) == 0 and capsys.readouterr().out == ""

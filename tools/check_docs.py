@@ -11,7 +11,7 @@ and benchmarks/README.md, and checks:
     doc), and, in backticks or in a command, anything under `mini_nanochat/`, `tests/`, `docs/`,
     `tools/` or `benchmarks/` (globs and placeholders such as `*`, `<tag>`, `NNNN` are skipped).
 (b) code: `module.symbol` (`gpt.apply_rope`, `mini_nanochat.engine.Engine.generate`,
-    `stages.sft.run`), `ClassName.member` (`GPT.forward`, `KVCache.update`) and `path.py:function`
+    `stages.sft.run`, `stages/chat.py`, `stages/chat.answer`), `ClassName.member` (`GPT.forward`, `KVCache.update`) and `path.py:function`
     (`mini_nanochat/gpt.py:attend`) in backticks resolve in our code, read with `ast` (nothing is run).
     Only names of our own modules and classes are checked: `torch.where` or `os.replace` are not ours.
 (c) the command line: every `python -m mini_nanochat <stage> ...`, `mini-nanochat <stage> ...`,
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import re
 import shlex
@@ -167,7 +168,10 @@ def _argparse_flags(tree: ast.AST) -> set[str] | None:
     return (flags | {"-h", "--help"}) if found else None
 
 
+@functools.lru_cache(maxsize=1)
 def build_index() -> Index:
+    """The index of the code (built once per process: importing the stages for their parsers costs
+    a few seconds)."""
     modules: dict[str, ModuleInfo] = {}
     classes: dict[str, list[ClassInfo]] = {}
     trees: dict[str, ast.Module] = {}
@@ -362,6 +366,14 @@ class Checker:
         if m:
             if m.group(1) not in self.index.all_tests:
                 self.add(path, no, f"no test named `{m.group(1)}` in tests/")
+            return
+        m = re.match(r"^stages/(\w+)(?:\.py|\.(\w+(?:\.\w+)*))(?:\(.*\))?$", span)  # stages/chat.py, stages/chat.answer
+        if m:
+            stage, sym = m.groups()
+            if f"stages.{stage}" not in self.index.modules:
+                self.add(path, no, f"`{span}`: there is no `mini_nanochat/stages/{stage}.py`")
+            elif sym and not self.resolve(f"stages.{stage}.{sym}"):
+                self.add(path, no, f"`{span}`: `stages/{stage}.py` has no `{sym}`")
             return
         m = PATHFUNC.match(span)
         if m:

@@ -227,7 +227,7 @@ def plot_logit_lens(top_p: torch.Tensor, top_labels: list[list[str]], col_labels
             ax.text(t, layer, top_labels[layer][t], ha="center", va="center", fontsize=6,
                     color="white" if top_p[layer, t] > 0.6 else "black")
     ax.set_xticks(range(T), col_labels, rotation=60, fontsize=7)
-    ax.set_yticks(range(L1), ["embed"] + [f"after {i + 1}" for i in range(L1 - 1)], fontsize=7)
+    ax.set_yticks(range(L1), ["embedding"] + [f"after block {i}" for i in range(L1 - 1)], fontsize=7)
     ax.set_xlabel("input token (the guess is for the token after it)")
     fig.tight_layout()
     return _png(fig)
@@ -328,7 +328,10 @@ def build_page(model, tok, prompt: str, text: str, n_pca: int = 300, top_k: int 
                  'token looked at (key); brighter = more attention. Each row sums to 1; the upper triangle is '
                  'empty because a token cannot see the future, and on sliding-window layers a dashed line '
                  'marks the oldest token the window still reaches. Prompt: <code>' + html.escape(prompt) + '</code> '
-                 f'({len(ids)} tokens; windows per layer: {model.windows}).</p>')
+                 f'({len(ids)} tokens; windows per layer: {model.windows}).'
+                 + (f' The prompt is no longer than the shortest window ({min(model.windows)}): every layer sees all '
+                    f'of it. A prompt of more than {min(model.windows)} tokens shows the windows.'
+                    if len(ids) <= min(model.windows) else '') + '</p>')
     for layer, p in enumerate(tr.attention):
         name = f"attention_layer{layer}.png"
         pngs[name] = plot_attention(p[0], labels, model.windows[layer], layer)
@@ -346,7 +349,7 @@ def build_page(model, tok, prompt: str, text: str, n_pca: int = 300, top_k: int 
     rows = []
     for layer in range(last.size(0)):
         p, i = last[layer].topk(top_k)
-        name = "embedding" if layer == 0 else f"after layer {layer - 1}"
+        name = "embedding" if layer == 0 else f"after block {layer - 1}"
         rows.append(f"<tr><td>{name}</td>" + "".join(f"<td><code>{html.escape(_label(tok, j))}</code> {q:.2f}</td>"
                                                      for q, j in zip(p.tolist(), i.tolist())) + "</tr>")
     parts.append('<h2 id="logit-lens">Logit lens</h2><p>The final norm and unembedding applied to the residual '
@@ -368,8 +371,8 @@ def build_page(model, tok, prompt: str, text: str, n_pca: int = 300, top_k: int 
     for j in worst:
         ctx = tok.decode(tids[max(1, j - 6): j + 1])
         want = int(logits[j].argmax())
-        rows.append(f"<tr><td><code>…{html.escape(ctx)}</code></td><td><code>{html.escape(tok.decode([tids[j + 1]]))}"
-                    f"</code></td><td>{losses[j]:.2f}</td><td><code>{html.escape(tok.decode([want]))}</code></td></tr>")
+        rows.append(f"<tr><td><code>…{html.escape(ctx)}</code></td><td><code>{html.escape(_label(tok, tids[j + 1]))}"
+                    f"</code></td><td>{losses[j]:.2f}</td><td><code>{html.escape(_label(tok, want))}</code></td></tr>")
     parts.append(f'<h2 id="token-loss">Per-token loss</h2><p>{len(tids) - 1} tokens, mean loss '
                  f'{losses.mean():.3f} nats ({losses.mean() / math.log(2):.3f} bits); red = surprising (full red '
                  f'at ln V = {ln_v:.2f}, a uniform guess). Hover a token for its loss.</p>'

@@ -126,3 +126,9 @@ def test_inspect_stage_on_a_trained_run(base_dir, tmp_path):
     assert out == run_dir / "inspect" / "index.html" and all(f'id="{s}"' in out.read_text() for s in im.SECTIONS)
     assert cli(["inspect", "--run-dir", str(tmp_path / "nothing")]) == 2  # a missing run: one line, exit 2
     assert cli(["inspect", "--run-dir", str(run_dir), "--prompt", ""]) == 2
+
+
+def test_doctests():
+    import doctest
+
+    assert doctest.testmod(im).failed == 0

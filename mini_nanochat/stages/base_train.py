@@ -51,6 +51,7 @@ class TrainConfig:
     final_lr_frac: float = 0.0
     eval_every: int = 100
     eval_tokens: int = 2**17
+    health_every: int = 50
     sample_every: int = 0
     save_every: int = 0
     keep_last: int = 2
@@ -95,6 +96,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--final-lr-frac", type=float, default=d.final_lr_frac, help="LR at the end, as a fraction of the peak")
     a("--eval-every", type=int, default=d.eval_every, help="validation bits-per-byte every N steps (0: end only)")
     a("--eval-tokens", type=int, default=d.eval_tokens, help="validation tokens per evaluation")
+    a("--health-every", type=int, default=d.health_every, help="training-health metrics (health.py) every N steps "
+      "into metrics.jsonl, and the gradient norm every step (0: off; loss spikes are watched anyway)")
     a("--sample-every", type=int, default=d.sample_every, help="write samples every N steps (0: end only)")
     a("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: end only)")
     a("--keep-last", type=int, default=d.keep_last, help="checkpoints to keep")
@@ -153,7 +156,7 @@ def validate(cfg: TrainConfig) -> None:
     require(cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}")
     require(0 <= cfg.warmdown_ratio <= 1, f"--warmdown-ratio must be between 0 and 1, got {cfg.warmdown_ratio}")
     require(0 <= cfg.final_lr_frac <= 1, f"--final-lr-frac must be between 0 and 1, got {cfg.final_lr_frac}")
-    for flag in ("eval_every", "sample_every", "save_every"):
+    for flag in ("eval_every", "sample_every", "save_every", "health_every"):
         require(getattr(cfg, flag) >= 0, f"--{flag.replace('_', '-')} must be >= 0 (0: at the end only), got {getattr(cfg, flag)}")
     require(cfg.eval_tokens >= 1, f"--eval-tokens must be at least 1 (capped near the val split's size), got {cfg.eval_tokens}")
     require(cfg.keep_last >= 1, f"--keep-last must be at least 1, got {cfg.keep_last}")
@@ -170,6 +173,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..distributed import GradSync, broadcast_parameters, destroy, device_for_rank, init_distributed
     from ..engine import Engine
     from ..gpt import GPT, GPTConfig
+    from ..health import HealthMonitor
     from ..loss_eval import evaluate_bpb
     from ..optim import MuonAdamW, build_param_groups
     from ..tokenizer import get_tokenizer
@@ -248,6 +252,7 @@ def run(args: argparse.Namespace) -> dict:
     peak = peak * dist.world_size if peak else None  # tok/s is global, so the peak is all ranks' together
     val_batches = list(build_val_loader(tok, cfg.device_batch_size, cfg.max_seq_len, tokens=cfg.eval_tokens,
                                         corpus=cfg.corpus, device=device))
+    monitor = HealthMonitor(model, optimizer, val_batches[0][0][:2], cfg.health_every)  # probe: 2 fixed val rows
 
     wandb_run = None
     if cfg.wandb and dist.is_master:
@@ -310,7 +315,7 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         mult = apply_schedule(optimizer, step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
         try:
-            last_loss = train_step(fwd, optimizer, loader, grad_accum, sync)
+            last_loss = train_step(fwd, optimizer, loader, grad_accum, sync, before_update=monitor.hook(step))
         except NonFiniteLoss as e:
             good = latest_checkpoint(run_dir)
             raise UserError(f"base-train: the loss became {e.loss} at step {step}. Stopping; the last good "
@@ -324,7 +329,11 @@ def run(args: argparse.Namespace) -> dict:
             t_first = dt
         tok_s = total_batch / dt
         mfu = tok_s * flops_per_token / peak if peak else None
-        log({"step": step, "loss": last_loss, "lr_mult": mult, "tok_per_s": tok_s, "mfu": mfu, "dt": dt})
+        health, alerts = monitor.after_update(step, last_loss)
+        log({"step": step, "loss": last_loss, "lr_mult": mult, "tok_per_s": tok_s, "mfu": mfu, "dt": dt,
+             **({"health": health} if health else {})})
+        for line in alerts if dist.is_master else ():
+            bar.write(line)
         bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.2f}" if mfu else "?")
         bar.update(1)
     bar.close()

@@ -39,6 +39,7 @@ class SFTConfig:
     warmdown_ratio: float = 0.5
     eval_every: int = 200
     save_every: int = 200
+    health_every: int = 50
     mixture_size: int = 20000         # conversations in the offline training mixture
     online: bool = False
     seed: int = 0
@@ -63,6 +64,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--warmdown-ratio", type=float, default=d.warmdown_ratio, help="share of the steps with a linear decay to 0")
     a("--eval-every", type=int, default=d.eval_every, help="val loss every N steps (0: only at the end)")
     a("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: only at the end)")
+    a("--health-every", type=int, default=d.health_every, help="training-health metrics (health.py) every N steps "
+      "into metrics.jsonl, and the gradient norm every step (0: off; loss spikes are watched anyway)")
     a("--mixture-size", type=int, default=d.mixture_size, help="conversations in the offline training mixture")
     a("--online", action="store_true", help="add SmolTalk, MMLU auxiliary train and GSM8K train (downloads)")
     a("--seed", type=int, default=d.seed)
@@ -80,7 +83,8 @@ def validate(cfg: SFTConfig) -> None:
     require(cfg.device_batch_size >= 1, f"--device-batch-size must be at least 1, got {cfg.device_batch_size}")
     require(0 < cfg.lr_scale <= 10, f"--lr-scale must be in (0, 10], got {cfg.lr_scale}")
     require(cfg.warmup_steps >= 0 and 0 <= cfg.warmdown_ratio <= 1, "--warmup-steps >= 0 and --warmdown-ratio in [0, 1]")
-    require(cfg.eval_every >= 0 and cfg.save_every >= 0, "--eval-every and --save-every must be >= 0")
+    require(cfg.eval_every >= 0 and cfg.save_every >= 0 and cfg.health_every >= 0,
+            "--eval-every, --save-every and --health-every must be >= 0")
     require(cfg.mixture_size >= 10, f"--mixture-size must be at least 10, got {cfg.mixture_size}")
     require(0 <= cfg.eval_questions <= 10_000, f"--eval-questions must be in 0..10000, got {cfg.eval_questions}")
 
@@ -109,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..dataloader import ConversationLoader
     from ..distributed import GradSync, broadcast_parameters, destroy, start
     from ..engine import Engine
+    from ..health import HealthMonitor
     from ..loss_eval import evaluate_loss
     from ..optim import MuonAdamW, build_param_groups
     from ..training import NonFiniteLoss, TrainingError, apply_schedule, save_training_checkpoint, start_or_resume, \
@@ -162,6 +167,8 @@ def run(args: argparse.Namespace) -> dict:
     except (TrainingError, CheckpointError) as e:
         raise UserError(f"sft: {e}") from None
     broadcast_parameters(model)
+    monitor = HealthMonitor(model, optimizer, val_batches[0][0][:2] if val_batches else None,  # probe: 2 val rows
+                            cfg.health_every)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     meta = {"model_config": model.config.to_dict(), "train_config": asdict(cfg), "num_iterations": cfg.num_iterations,
@@ -195,11 +202,14 @@ def run(args: argparse.Namespace) -> dict:
             break
         mult = apply_schedule(optimizer, step, cfg.num_iterations, cfg.warmup_steps, cfg.warmdown_ratio)
         try:
-            loss = train_step(model, optimizer, loader, grad_accum, sync)
+            loss = train_step(model, optimizer, loader, grad_accum, sync, before_update=monitor.hook(step))
         except NonFiniteLoss as e:
             raise UserError(f"sft: {e} at step {step}; the last good checkpoint is in {run_dir}") from None
         step += 1
-        log({"step": step, "loss": loss, "lr_mult": mult})
+        health, alerts = monitor.after_update(step, loss)
+        log({"step": step, "loss": loss, "lr_mult": mult, **({"health": health} if health else {})})
+        for line in alerts if dist.is_master else ():
+            bar.write(line)
         bar.set_postfix(loss=f"{loss:.3f}")
         bar.update(1)
     bar.close()

@@ -56,8 +56,10 @@ def grad_norm(params) -> torch.Tensor:
 
 
 def snapshot(optimizer) -> list[list[torch.Tensor]]:
-    """A copy of every parameter, group by group (taken just before optimizer.step)."""
-    return [[p.detach().clone() for p in g["params"]] for g in optimizer.param_groups]
+    """A copy of every parameter, group by group (taken just before optimizer.step), in host memory: on
+    a GPU a second copy of the weights (2.2 GB for a d20) could be what tips a full device over; the
+    copy there and back costs a fraction of a second once every --health-every steps."""
+    return [[p.detach().to("cpu", copy=True) for p in g["params"]] for g in optimizer.param_groups]
 
 
 def update_ratios(optimizer, before: list[list[torch.Tensor]]) -> dict[str, float]:
@@ -72,7 +74,7 @@ def update_ratios(optimizer, before: list[list[torch.Tensor]]) -> dict[str, floa
     for i, (g, old) in enumerate(zip(optimizer.param_groups, before)):
         if not old:
             continue
-        delta = torch.stack([(p.detach().float() - o.float()).norm() for p, o in zip(g["params"], old)]).norm()
+        delta = torch.stack([(p.detach().float().cpu() - o.float()).norm() for p, o in zip(g["params"], old)]).norm()
         base = torch.stack([o.float().norm() for o in old]).norm()
         out[g.get("name", f"group{i}")] = (delta / base).item() if base > 0 else float("nan")
     return out
@@ -313,6 +315,7 @@ def plot_health(metrics_path, out_path) -> bool:
         axes[1].semilogy(*zip(*[(s, h["update_ratio"][g]) for s, h in full if g in h.get("update_ratio", {})]),
                          marker="o", markersize=2, label=g)
     axes[1].set_title("update / weight ratio per group")
+    axes[2].set_yscale("log")  # a healthy stream stays near 1-10; an exploding one reaches 1e4 and more
     for ax, key, title in ((axes[2], "act_rms", "residual RMS after each layer"),
                            (axes[3], "attn_entropy", "mean attention entropy (nats)")):
         n = max((len(h.get(key, [])) for _, h in full), default=0)

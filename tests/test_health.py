@@ -148,6 +148,10 @@ def test_base_train_logs_health_and_keeps_its_keys(base_dir, tmp_path, capsys):
         assert ("attn_entropy" in r["health"]) == full and ("update_ratio" in r["health"]) == full
     h = train[-1]["health"]
     assert len(h["act_rms"]) == len(h["attn_entropy"]) == 1 and set(h["update_ratio"]) >= {"matrices", "embedding"}
+    assert [s for s, _ in health.read_health(run_dir / "metrics.jsonl")] == list(range(1, 31))
+    assert health.plot_health(run_dir / "metrics.jsonl", tmp_path / "health.png")  # the report's picture
+    assert (tmp_path / "health.png").read_bytes()[:4] == b"\x89PNG"
+    assert not health.plot_health(tmp_path / "none.jsonl", tmp_path / "none.png")  # no records: no picture
     out = capsys.readouterr()
     assert "health:" not in out.out + out.err  # a normal run raises no alarm
 

@@ -55,6 +55,10 @@ text
 <!-- output: python -m mini_nanochat chat | yesterday -->
 `stages/chat.no_such_function` and `stages/no_such_stage.py`; `stages/chat.answer` is fine.
 The helper `gpt.generate` was removed in issue #11 (a name the code had once: fine).
+`GPT.state_dict()` (inherited from nn.Module) and the GGUF key `tokenizer.ggml.pre` are fine.
+```bash
+python tools/vocab_sweep.py --sizes 1024 -- base-train --depth 2 --no-such-flag-after 1
+```
 """
 
 EXPECTED = [
@@ -79,6 +83,7 @@ EXPECTED = [
     (21, "output marker needs"),
     (22, "`stages/chat.py` has no `no_such_function`"),
     (22, "there is no `mini_nanochat/stages/no_such_stage.py`"),
+    (26, "`base-train` has no flag `--no-such-flag-after`"),
 ]
 
 

@@ -10,13 +10,18 @@ amount of pretraining *time* on this machine (ADR 0041).
 `data` and `tok-train` there first, or point at a speedrun's base directory: the study writes only
 runs/budget-* and budget_study.json).
 
-Speed and quality are measured apart, because a shared machine slows training unevenly:
-1. `probe`: tokens/s of each candidate's training step (8 steps of `base-train`, the first untimed),
-   candidates interleaved, three rounds, the median kept: a load that comes and goes hits all alike.
-2. `train`: each candidate trains for as many steps as `--seconds` buys at its probed speed (the LR
-   schedule needs its horizon up front, as the speedrun's plan does), then its final val bpb on the same
-   65,536 held-out tokens the speedrun evaluates. A step count fixes the result whatever the load, so this
-   part may run on a busy machine (`--threads 1 --jobs 2` runs two candidates side by side).
+Speed and quality are measured apart, and in CPU time rather than wall time, because the machine this
+study ran on was shared (ADR 0041):
+1. `probe`: CPU seconds per training step of each candidate with one torch thread: the process time of
+   base-train at 16 steps minus that at 8 steps, over 8 (setup and the final evaluation cancel out).
+   One thread, so that other processes on the machine take turns with it instead of stalling its
+   thread team; CPU time, so that waiting for the core does not count.
+2. `train`: each candidate trains for as many steps as `--seconds` of CPU time buys at its probed cost
+   (the LR schedule needs its horizon up front, as the speedrun's plan does), one thread, then its final
+   val bpb on the same 65,536 held-out tokens the speedrun evaluates. A fixed step count fixes the result
+   whatever the load (`--jobs 2` trains two candidates side by side).
+Two threads on a quiet machine run each step 1.5-2x faster than one; the ranking at equal CPU time is
+what carries over to the speedrun, whose plan measures its own wall-clock speed.
 """
 from __future__ import annotations
 
@@ -33,7 +38,6 @@ CANDIDATES = {
     "d4-T512-b8": ["--depth", "4", "--max-seq-len", "512", "--device-batch-size", "8"],
     "d6-T256-b8": ["--depth", "6", "--max-seq-len", "256", "--device-batch-size", "8"],
     "d6-T512-b8": ["--depth", "6", "--max-seq-len", "512", "--device-batch-size", "8"],
-    "d8-T256-b8": ["--depth", "8", "--max-seq-len", "256", "--device-batch-size", "8"],
 }
 COMMON = ["--eval-tokens", str(2**16), "--sample-every", "0", "--save-every", "0"]
 
@@ -57,7 +61,13 @@ def train(name: str, flags: list[str], steps: int, eval_every: int) -> dict:
 
 
 def probe_once(name: str) -> float:
-    return train(name, CANDIDATES[name], 8, 0)["tok_per_s"]
+    """CPU seconds per step (one thread): process time at 16 steps minus at 8 steps, over 8."""
+    cpu = []
+    for steps in (8, 16):
+        t = time.process_time()
+        train(name, CANDIDATES[name], steps, 0)
+        cpu.append(time.process_time() - t)
+    return (cpu[1] - cpu[0]) / 8
 
 
 def load(path: Path) -> dict:
@@ -68,9 +78,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", required=True, help="base directory with the corpus and the default tokenizer")
     p.add_argument("what", choices=["probe", "train", "table"])
-    p.add_argument("--seconds", type=float, default=240.0, help="pretraining time per candidate (train)")
+    p.add_argument("--seconds", type=float, default=240.0, help="pretraining CPU time per candidate (train)")
     p.add_argument("--only", default="", help="comma-separated candidate names")
-    p.add_argument("--rounds", type=int, default=3, help="probe rounds")
+    p.add_argument("--rounds", type=int, default=1, help="probe rounds (the median is kept)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for `train` (0: torch's default)")
     p.add_argument("--jobs", type=int, default=1, help="candidates trained side by side (`train`)")
     args = p.parse_args()
@@ -78,6 +88,9 @@ def main() -> None:
     os.environ["MINI_NANOCHAT_HOME"] = str(home)
     names = [n for n in CANDIDATES if not args.only or n in args.only.split(",")]
     out = home / "budget_study.json"
+    import torch
+
+    torch.set_num_threads(1) if args.what == "probe" else None
     if args.what == "probe":
         speeds = {n: [] for n in names}
         for _ in range(args.rounds):
@@ -86,7 +99,8 @@ def main() -> None:
                 shutil.rmtree(home / "runs" / f"budget-{n}", ignore_errors=True)
         res = load(out)
         for n, v in speeds.items():
-            res["probe"][n] = {"tok_per_s": sorted(v)[len(v) // 2], "all": v, "date": time.strftime("%Y-%m-%d %H:%M")}
+            res["probe"][n] = {"cpu_s_per_step": sorted(v)[len(v) // 2], "all": v,
+                               "date": time.strftime("%Y-%m-%d %H:%M")}
         out.write_text(json.dumps(res, indent=1))
     elif args.what == "train":
         if args.jobs > 1:
@@ -104,12 +118,12 @@ def main() -> None:
                 torch.set_num_threads(args.threads)
             for n in names:
                 res = load(out)
-                speed = res["probe"][n]["tok_per_s"]
-                steps = max(20, int(args.seconds * speed / tokens_per_step(CANDIDATES[n])))
+                cost = res["probe"][n]["cpu_s_per_step"]
+                steps = max(20, int(args.seconds / cost))
                 s = train(n, CANDIDATES[n], steps, max(1, steps // 4))
                 res = load(out)  # another job may have written meanwhile
                 res["train"][f"{n}@{args.seconds:.0f}s"] = {
-                    "candidate": n, "seconds_budget": args.seconds, "probe_tok_per_s": speed, "steps": steps,
+                    "candidate": n, "seconds_budget": args.seconds, "cpu_s_per_step": cost, "steps": steps,
                     "tokens": steps * tokens_per_step(CANDIDATES[n]), "val_bpb": s["final_val_bpb"],
                     "date": time.strftime("%Y-%m-%d %H:%M")}
                 tmp = out.with_suffix(".tmp")
@@ -117,10 +131,10 @@ def main() -> None:
                 tmp.replace(out)
                 print(f"== {n}: {steps} steps, val bpb {s['final_val_bpb']:.4f}", flush=True)
     res = load(out)
-    print("| candidate | budget s | probe tok/s | steps | tokens | val bpb |")
+    print("| candidate | CPU s budget | CPU s/step (1 thread) | steps | tokens | val bpb |")
     print("|---|---|---|---|---|---|")
     for r in sorted(res["train"].values(), key=lambda r: (r["seconds_budget"], r["val_bpb"])):
-        print(f"| {r['candidate']} | {r['seconds_budget']:.0f} | {r['probe_tok_per_s']:,.0f} | {r['steps']:,} | "
+        print(f"| {r['candidate']} | {r['seconds_budget']:.0f} | {r['cpu_s_per_step']:.3f} | {r['steps']:,} | "
               f"{r['tokens']:,} | {r['val_bpb']:.4f} |")
 
 

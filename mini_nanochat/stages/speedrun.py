@@ -384,7 +384,9 @@ def run(args: argparse.Namespace) -> dict:
     out = report.main(["--model-tag", tag])
     print0(f"\nspeedrun done in {total:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) + ")")
     if isinstance(out, dict) and out.get("facts") is not None:
-        print0("\n" + report.headline(out["facts"]))
+        from ..report import headline
+
+        print0("\n" + headline(out["facts"]))
     if plan.get("sft_iterations", 0) > 0:
         print0(f'\ntalk to the chat model:  python -m mini_nanochat chat --model-tag {tag} -p "What is 123 + 456?"'
                f"   (or without -p for a conversation; --stage base for the pretrained model)")

@@ -231,7 +231,7 @@ def gpu_peak_flops(name: str, dtype) -> float | None:
 def peak_flops(device: str, dtype=None) -> float | None:
     """The matrix-product peak that MFU is measured against: on a GPU the data-sheet figure of a known
     model (gpu_peak_flops), None for an unknown one; on a CPU measured here (median of 3 products of
-    2048x2048 matrices, as ../shared/anchors.md measures; ~0.5 s), since CPUs differ too much for a
+    2048x2048 matrices, as docs/anchors.md measures; ~0.5 s), since CPUs differ too much for a
     table; None on MPS. Timing one product on a GPU is no substitute for the data sheet: on an H200 it
     gave 396 TFLOP/s, 40% of the 989 that MFU is quoted against (issue #11)."""
     import statistics

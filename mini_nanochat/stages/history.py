@@ -3,8 +3,8 @@ Stage `history`: the history lab. Train each era's recipe (GPT-2 2019, LLaMA 202
 single-idea ablations from the modern recipe on the same data and the same CPU-time budget, with several
 seeds, and write a table and a plot of validation bits per byte with the spread over seeds.
 
-    python -m mini_nanochat history --budget-s 120                  # quick mode: ~2 min of wall time, 2 jobs
-    nice -n 10 python -m mini_nanochat history --budget-s 3600      # the measured table (HISTORICAL_TIMELINE.md)
+    python -m mini_nanochat history --budget-s 120                  # quick mode: a smoke test, 2.2 CPU-s per run
+    nice -n 10 python -m mini_nanochat history --budget-s 540       # the measured table (HISTORICAL_TIMELINE.md)
     python -m mini_nanochat history --only modern,gpt2,llama --seeds 2
 
 --budget-s is the CPU-time budget of the whole lab: it is split evenly over runs x seeds, and each run

@@ -79,7 +79,7 @@ def load(path: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", required=True, help="base directory with the corpus and the default tokenizer")
-    p.add_argument("what", choices=["probe", "train", "table"])
+    p.add_argument("what", choices=["probe", "train", "table", "common-eval"])
     p.add_argument("--seconds", type=float, default=240.0, help="pretraining CPU time per candidate (train)")
     p.add_argument("--only", default="", help="comma-separated candidate names")
     p.add_argument("--rounds", type=int, default=1, help="probe rounds (the median is kept)")
@@ -132,6 +132,28 @@ def main() -> None:
                 tmp.write_text(json.dumps(res, indent=1))
                 tmp.replace(out)
                 print(f"== {n}: {steps} steps, val bpb {s['final_val_bpb']:.4f}", flush=True)
+    elif args.what == "common-eval":
+        # val bpb depends on the context it is measured with: at T=128 best-fit packing keeps mostly the
+        # openings of documents, at T=512 more of their middles. Every finished run is measured again on
+        # one stream (T=128 rows, the shortest any candidate trained on) so the shapes compare.
+        from mini_nanochat.checkpoint import latest_checkpoint, load_model
+        from mini_nanochat.dataloader import build_val_loader
+        from mini_nanochat.loss_eval import evaluate_bpb
+
+        res = load(out)
+        res.setdefault("common_eval", {})
+        for n in names:
+            run = home / "runs" / f"budget-{n}"
+            ck = latest_checkpoint(run)
+            if ck is None:
+                continue
+            model, tok, meta = load_model(run, "cpu", dtype=torch.float32)
+            token_bytes = torch.tensor(tok.token_bytes(), dtype=torch.int64)
+            bpb = evaluate_bpb(model, build_val_loader(tok, 16, 128, 2**16), token_bytes)
+            res["common_eval"][f"{n}@step{meta.get('step')}"] = {"candidate": n, "step": meta.get("step"),
+                                                                  "val_bpb_T128": bpb}
+            print(f"{n} step {meta.get('step')}: val bpb at T=128 {bpb:.4f}", flush=True)
+        out.write_text(json.dumps(res, indent=1))
     res = load(out)
     print("| candidate | CPU s budget | CPU s/step (1 thread) | steps | tokens | val bpb |")
     print("|---|---|---|---|---|---|")

@@ -33,6 +33,13 @@ def test_flags_override_the_preset_and_bad_values_are_one_line():
         speedrun.get_parser().parse_args(["--force", "everything"])  # argparse lists the stages
 
 
+def test_a_finished_run_is_recognised(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 300}))
+    assert speedrun._finished(tmp_path, 300) and not speedrun._finished(tmp_path, 400)
+    assert speedrun._finished(tmp_path, -1)  # gpu8: base-train derives the horizon; any finished run counts
+    assert not speedrun._finished(tmp_path / "nothing", -1)
+
+
 def test_gpu_presets_are_exact_commands():
     """The GPU presets turn into stage flags that every stage's own parser accepts (nothing runs)."""
     from mini_nanochat.stages import base_train

@@ -173,9 +173,10 @@ def _read(path) -> dict | None:
 
 
 def _finished(run_dir, steps: int) -> dict | None:
-    """The summary of a training stage that completed `steps` steps, else None."""
+    """The summary of a training stage that completed `steps` steps (-1: the horizon base-train derived
+    itself, as in the gpu8 preset: any finished run), else None."""
     s = _read(run_dir / "summary.json")
-    return s if s and s.get("steps") == steps else None
+    return s if s and (s.get("steps") == steps or steps == -1) else None
 
 
 def _remove_run(run_dir) -> None:

@@ -40,6 +40,19 @@ def test_a_finished_run_is_recognised(tmp_path):
     assert not speedrun._finished(tmp_path / "nothing", -1)
 
 
+def test_a_run_without_a_plan_is_not_continued_blindly(base_dir, monkeypatch):
+    """A checkpoint that no plan made (an older speedrun, base-train by hand) is refused in one line
+    before any probe runs, and nothing is deleted."""
+    run = base_dir / "runs" / "unplanned"
+    (run / "checkpoints" / "step_000300").mkdir(parents=True)
+    monkeypatch.setattr(speedrun, "latest_checkpoint", lambda d: run / "checkpoints" / "step_000300")
+    monkeypatch.setattr(speedrun, "probe_speed", lambda *a: pytest.fail("probed"))
+    pre, _, forced = speedrun.resolve(speedrun.get_parser().parse_args([]))
+    with pytest.raises(SystemExit, match="no speedrun plan made; use --force base-train"):
+        speedrun.make_plan(pre, "unplanned", forced)
+    assert (run / "checkpoints" / "step_000300").is_dir()
+
+
 def test_gpu_presets_are_exact_commands():
     """The GPU presets turn into stage flags that every stage's own parser accepts (nothing runs)."""
     from mini_nanochat.stages import base_train

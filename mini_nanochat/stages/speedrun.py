@@ -230,6 +230,10 @@ def make_plan(pre: Preset, tag: str, forced: set[str]) -> dict:
     if old and latest_checkpoint(run_dir) is not None:
         raise UserError(f"{run_dir} was planned with other settings ({path}); use --force base-train to start it "
                         f"again, or --model-tag to keep both")
+    if old is None and pre.pretrain_seconds > 0 and "base-train" not in forced and latest_checkpoint(run_dir):
+        # a run trained without a plan (an older speedrun, or base-train by hand): its step count is not ours
+        raise UserError(f"{run_dir} holds a run that no speedrun plan made; use --force base-train to train it "
+                        f"again, --iterations N to continue it to N steps, or --model-tag to keep both")
     plan = {"settings": settings, "iterations": pre.iterations, "sft_iterations": pre.sft_iterations,
             "tokens_per_step": tokens_per_step(pre)}
     if pre.pretrain_seconds > 0 or pre.sft_seconds > 0:
